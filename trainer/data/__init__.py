@@ -1,0 +1,1 @@
+"""Raw files -> on-disk arrow datasets (prepare) -> tf.data batches (stream)."""
