@@ -9,7 +9,7 @@ DataCollatorWithPadding for `batch`; a numpy one, same output, for the fixed len
 other two). What differs is the row order: a numpy BatchPlan decides which rows form each global batch (random, or grouped by
 length) and is computed from the stored `length` column alone, so it is cheap, deterministic
 for a (seed, epoch), splits cleanly across workers (each shard takes its slice of every global
-batch, so every worker runs the same steps at the same padded length) and states each batch's
+batch, so every worker runs the same number of steps; each pads its slice itself) and states each batch's
 real and padded token counts up front (the trainer reports padding efficiency from it).
 """
 import dataclasses

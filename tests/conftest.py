@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny BERT built offline, the shared Sentiment140 sample prepared with it, and
+two logical CPU devices so MirroredStrategy can be tested without GPUs."""
+import os
+import pathlib
+
+import pytest
+
+import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf
+import tf_keras
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
+SAMPLE_CSV = SHARED / "data" / "sentiment140_sample.csv"
+MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
+
+# Must happen before anything touches the devices.
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+def write_sentiment140(path, rows):
+    """rows: (target, text) pairs -> a file in Sentiment140's own format."""
+    import csv
+    with open(path, "w", encoding="latin-1", newline="") as f:
+        writer = csv.writer(f, quoting=csv.QUOTE_ALL)
+        for i, (target, text) in enumerate(rows):
+            writer.writerow([target, 1000 + i, "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", f"user{i}", text])
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer, hidden-32 BERT with a WordPiece vocabulary trained on the shared sample."""
+    from trainer import tiny_bert
+    from trainer.data import readers
+    rows = readers.read_rows(readers.Source(str(SAMPLE_CSV)), readers.ReadStats())
+    return tiny_bert.build(str(tmp_path_factory.mktemp("tiny-bert")), (t for t, _ in rows), vocab_size=1000)
+
+
+@pytest.fixture(scope="session")
+def prepared_sample(tmp_path_factory):
+    """The 20,000-row shared sample, prepared with the real uncased BERT tokenizer at max_length 64."""
+    from trainer.config import PrepareConfig
+    from trainer.data import prepare, readers
+    out = str(tmp_path_factory.mktemp("prepared") / "sample")
+    prepare.prepare(PrepareConfig(source=readers.Source(str(SAMPLE_CSV)), output_dir=out,
+                                  model=str(MINILM), max_length=64))
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_prepared(tmp_path_factory, tiny_model_dir):
+    """640 rows of the sample (train 512 / validation 64 / test 64): fast training tests."""
+    from trainer.config import PrepareConfig
+    from trainer.data import prepare, readers
+    rows = list(readers.read_rows(readers.Source(str(SAMPLE_CSV)), readers.ReadStats()))
+    picked = rows[:320] + rows[-320:]   # the sample is sorted by label: take both ends
+    tmp = tmp_path_factory.mktemp("small")
+    csv_path = write_sentiment140(tmp / "small.csv", [(0 if label == "negative" else 4, text) for text, label in picked])
+    out = str(tmp / "prepared")
+    prepare.prepare(PrepareConfig(source=readers.Source(csv_path), output_dir=out, model=tiny_model_dir,
+                                  max_length=64))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _reset_precision_policy():
+    yield
+    tf_keras.mixed_precision.set_global_policy("float32")
+    tf_keras.backend.clear_session()
