@@ -69,3 +69,22 @@ def _reset_precision_policy():
     yield
     tf_keras.mixed_precision.set_global_policy("float32")
     tf_keras.backend.clear_session()
+
+
+def train_config(data_dir, model_dir, output_dir, **overrides):
+    """A fast config for the tiny model: 16 steps per epoch on small_prepared."""
+    from trainer.config import TrainConfig
+    settings = dict(data_dir=data_dir, model=model_dir, output_dir=str(output_dir), strategy="one_device",
+                    per_replica_batch_size=32, epochs=2, learning_rate=3e-3, warmup_ratio=0.1, log_every_steps=4,
+                    checkpoint_every_steps=10, seed=1)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def one_device_run(tmp_path_factory, small_prepared, tiny_model_dir):
+    """One finished training run (2 epochs, profile of steps 3-4) whose outputs several tests read."""
+    from trainer import train
+    out = tmp_path_factory.mktemp("runs") / "one_device"
+    stats = train.run(train_config(small_prepared, tiny_model_dir, out, profile_steps=(3, 4)))
+    return out, stats

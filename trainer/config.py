@@ -23,3 +23,35 @@ class PrepareConfig:
             return {self.split_name: 1.0}
         names = ("train", "validation", "test")
         return {name: f for name, f in zip(names, self.splits) if f > 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """trainer-train: fine-tune `model` on the prepared `data_dir`; everything lands in `output_dir`."""
+    data_dir: str
+    model: str
+    output_dir: str
+    strategy: str = "auto"
+    tpu: str | None = None
+    num_gpus: int | None = None
+    per_replica_batch_size: int = 32
+    epochs: int = 2
+    max_steps: int | None = None
+    max_train_examples: int | None = None
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    padding: str = "bucket"
+    max_length: int | None = None          # default: the prepared data's
+    pad_to_multiple_of: int | None = None
+    mixed_precision: str = "auto"
+    xla: bool = False
+    steps_per_execution: int = 1
+    freeze_encoder: bool = False
+    freeze_layers: int = 0
+    classifier_dropout: float | None = None
+    seed: int = 42
+    log_every_steps: int = 50
+    profile_steps: tuple[int, int] | None = None
+    checkpoint_every_steps: int = 500
+    overwrite_output_dir: bool = False

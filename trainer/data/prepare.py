@@ -174,6 +174,28 @@ def _split(order: np.ndarray, fractions: dict[str, float]) -> dict[str, np.ndarr
     return {name: order[a:b] for name, a, b in zip(fractions, bounds[:-1], bounds[1:])}
 
 
+def load_manifest(data_dir: str) -> dict:
+    """The manifest of a prepared directory, or a UsageError saying how to make one."""
+    manifest = _read_manifest(data_dir)
+    if manifest is None:
+        raise cli.UsageError(f"{data_dir} is not a prepared dataset (no readable {MANIFEST}): "
+                             "make it with trainer-prepare --output_dir=...")
+    version = manifest.get("settings", {}).get("format_version")
+    if version != FORMAT_VERSION:
+        raise cli.UsageError(f"{data_dir} was prepared by an incompatible version (format {version}, this "
+                             f"trainer reads {FORMAT_VERSION}): run trainer-prepare again with --overwrite")
+    return manifest
+
+
+def load(data_dir: str) -> datasets.DatasetDict:
+    """The prepared splits, memory-mapped from disk."""
+    load_manifest(data_dir)
+    try:
+        return datasets.load_from_disk(data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise cli.UsageError(f"{data_dir} is damaged ({e}): run trainer-prepare again with --overwrite") from None
+
+
 def _read_manifest(output_dir: str) -> dict | None:
     try:
         with open(os.path.join(output_dir, MANIFEST)) as f:

@@ -1,0 +1,196 @@
+"""trainer-train: fine-tune a pretrained BERT on a prepared dataset; `run(config) -> stats`.
+
+The flow: strategy -> precision policy -> model, optimizer and checkpoint inside strategy.scope()
+-> one `fit` per epoch over that epoch's batch plan (a resumed epoch starts at its saved step)
+-> test metrics -> export. Only the chief writes logs, checkpoints, metrics and the export.
+
+OUTPUT_DIR/
+  logs/train, logs/validation   TensorBoard: per-step scalars, epoch curves, profile
+  steps.csv, epochs.csv         the same scalars as CSV
+  checkpoints/                  weights + optimizer + step, every --checkpoint_every_steps
+  export/                       save_pretrained model + tokenizer
+  metrics.json                  test metrics, global_step, examples_seen, throughput
+"""
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import tensorflow as tf
+import tf_keras
+import transformers
+from absl import logging
+
+from trainer import callbacks, cli, distribute, hub
+from trainer import evaluate as evaluate_lib
+from trainer import flags as trainer_flags
+from trainer import model as model_lib
+from trainer.cli import UsageError
+from trainer.config import TrainConfig
+from trainer.data import prepare
+from trainer.data import stream as stream_lib
+
+METRICS = "metrics.json"
+
+
+def run(config: TrainConfig) -> dict:
+    """Train, evaluate on the test split, export; return the stats also written to metrics.json."""
+    start = time.time()
+    if os.path.exists(os.path.join(config.output_dir, METRICS)):
+        if not config.overwrite_output_dir:
+            raise UsageError(f"{config.output_dir} holds a finished run (metrics.json): pass "
+                             "--overwrite_output_dir to start afresh, or another --output_dir")
+        shutil.rmtree(config.output_dir)
+    strategy = distribute.resolve_strategy(config.strategy, config.tpu, config.num_gpus)
+    tf_keras.utils.set_random_seed(config.seed)
+    manifest = prepare.load_manifest(config.data_dir)
+    data = prepare.load(config.data_dir)
+    train_split = _split(data, "train", config.data_dir)
+    if config.max_train_examples:
+        train_split = train_split.select(range(min(config.max_train_examples, len(train_split))))
+    label_names = train_split.features["label"].names
+    model_dir = hub.resolve(config.model)
+    tokenizer = hub.load_tokenizer(model_dir)
+    if prepare.tokenizer_fingerprint(tokenizer) != manifest["settings"]["tokenizer"]:
+        raise UsageError(f"{config.model}'s tokenizer differs from the one {config.data_dir} was prepared with "
+                         f"({manifest['tokenizer']['name_or_path']}): prepare the data with --model={config.model}")
+    max_length = config.max_length or manifest["max_length"]
+    positions = hub.max_positions(hub.load_config(model_dir))
+    if positions and max_length > positions:
+        raise UsageError(f"--max_length={max_length} is above the {positions} positions of {config.model}")
+
+    num_workers, worker_index = distribute.worker_count_and_index(strategy)
+    chief = worker_index == 0
+    on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+    precision = model_lib.resolve_precision(config.mixed_precision, strategy)
+    tf_keras.mixed_precision.set_global_policy(model_lib.KERAS_POLICY[precision])
+    global_batch_size = config.per_replica_batch_size * strategy.num_replicas_in_sync
+    steps_per_epoch = len(train_split) // global_batch_size   # every mode drops only the last partial batch
+    if steps_per_epoch == 0:
+        raise UsageError(f"{len(train_split)} training rows make no global batch of {global_batch_size}: "
+                         "lower --per_replica_batch_size")
+
+    def train_stream(epoch: int, start_step: int = 0) -> stream_lib.Stream:
+        return stream_lib.stream(
+            train_split, classifier, tokenizer, global_batch_size=global_batch_size, padding=config.padding,
+            max_length=max_length, pad_to_multiple_of=config.pad_to_multiple_of, shuffle=True, seed=config.seed,
+            epoch=epoch, start_step=start_step, drop_remainder=True, num_shards=num_workers,
+            shard_index=worker_index, static_shapes=on_tpu)
+
+    with strategy.scope():
+        classifier = model_lib.build_classifier(
+            config.model, label_names, classifier_dropout=config.classifier_dropout,
+            freeze_encoder=config.freeze_encoder, freeze_layers=config.freeze_layers)
+        total_steps = min(config.max_steps or math.inf, config.epochs * steps_per_epoch)
+        optimizer, _ = transformers.create_optimizer(
+            config.learning_rate, num_train_steps=total_steps, num_warmup_steps=int(config.warmup_ratio * total_steps),
+            weight_decay_rate=config.weight_decay)
+        classifier.compile(optimizer=optimizer, loss=model_lib.loss_fn,
+                           metrics=[tf_keras.metrics.SparseCategoricalAccuracy("accuracy")],
+                           jit_compile=config.xla, steps_per_execution=config.steps_per_execution)
+        checkpoint = tf.train.Checkpoint(model=classifier, optimizer=classifier.optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(config.output_dir, "checkpoints"), max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        logging.info("resumed from %s", manager.latest_checkpoint)
+    global_step = int(classifier.optimizer.iterations.numpy())
+
+    logs = os.path.join(config.output_dir, "logs")
+    step_logger = callbacks.StepLogger(os.path.join(logs, "train"), os.path.join(config.output_dir, "steps.csv"),
+                                       config.log_every_steps, enabled=chief)
+    saver = callbacks.Checkpoint(manager, config.checkpoint_every_steps, is_chief=chief)
+    epoch_aware = [step_logger, saver]
+    keras_callbacks = [step_logger, saver]
+    if chief:
+        keras_callbacks += [tf_keras.callbacks.TensorBoard(logs, update_freq="epoch", profile_batch=0,
+                                                           write_graph=False),
+                            tf_keras.callbacks.CSVLogger(os.path.join(config.output_dir, "epochs.csv"), append=True)]
+        if config.profile_steps:
+            profiler = callbacks.Profile(os.path.join(logs, "train"), *config.profile_steps)
+            epoch_aware.append(profiler)
+            keras_callbacks.append(profiler)
+    validation = None
+    if "validation" in data and len(data["validation"]):
+        validation = stream_lib.stream(data["validation"], classifier, tokenizer, global_batch_size=global_batch_size,
+                                       padding="bucket", max_length=max_length, static_shapes=on_tpu).dataset
+
+    logging.info("training: %d replica(s), global batch %d, %d steps per epoch, %d steps in all, precision %s, "
+                 "xla %s, padding %s", strategy.num_replicas_in_sync, global_batch_size, steps_per_epoch,
+                 total_steps, precision, config.xla, config.padding)
+    shapes, efficiency, train_seconds = set(), [], 0.0
+    while global_step < total_steps:
+        epoch, start_step = divmod(global_step, steps_per_epoch)
+        epoch_stream = train_stream(epoch, start_step)
+        steps = min(epoch_stream.plan.steps, total_steps - global_step)
+        shapes |= epoch_stream.plan.shapes()
+        efficiency.append((epoch_stream.plan.real_tokens[:steps].sum(), epoch_stream.plan.padded_tokens[:steps].sum()))
+        if config.xla and len(epoch_stream.plan.shapes()) > 16:
+            logging.warning("XLA compiles once per batch shape and this epoch has %d: use --padding=bucket or "
+                            "--pad_to_multiple_of", len(epoch_stream.plan.shapes()))
+        for callback in epoch_aware:
+            callback.start_epoch(epoch_stream.plan, global_step)
+        fit_start = time.time()
+        classifier.fit(epoch_stream.dataset.take(steps), initial_epoch=epoch, epochs=epoch + 1,
+                       validation_data=validation if start_step + steps == steps_per_epoch else None,
+                       callbacks=keras_callbacks, verbose=1 if sys.stdout.isatty() else 2)
+        train_seconds += time.time() - fit_start
+        global_step = int(classifier.optimizer.iterations.numpy())
+    saver.save(global_step)
+
+    stats = {"global_step": global_step, "examples_seen": global_step * global_batch_size,
+             "global_batch_size": global_batch_size, "replicas": strategy.num_replicas_in_sync,
+             "strategy": distribute.strategy_name(strategy), "mixed_precision": precision, "xla": config.xla,
+             "padding": config.padding, "distinct_shapes": len(shapes),
+             "padding_efficiency": float(sum(r for r, _ in efficiency) / max(1, sum(p for _, p in efficiency))),
+             "first_step_seconds": step_logger.first_step_seconds, "train_seconds": round(train_seconds, 1)}
+    if step_logger.totals["seconds"]:
+        stats["examples_per_sec"] = step_logger.totals["examples"] / step_logger.totals["seconds"]
+        stats["real_tokens_per_sec"] = step_logger.totals["real_tokens"] / step_logger.totals["seconds"]
+    if "test" in data and len(data["test"]):
+        stats.update(evaluate_lib.evaluate_split(classifier, tokenizer, data["test"], global_batch_size=global_batch_size,
+                                                 max_length=max_length, label_names=label_names))
+    if chief:
+        _export(classifier, tokenizer, os.path.join(config.output_dir, "export"))
+        stats["seconds"] = round(time.time() - start, 1)
+        stats["config"] = dataclasses.asdict(config)
+        evaluate_lib.write_json(os.path.join(config.output_dir, METRICS), stats)
+    return stats
+
+
+def _split(data, name: str, data_dir: str):
+    if name not in data or len(data[name]) == 0:
+        raise UsageError(f"{data_dir} has no rows in its {name!r} split: prepare it with --splits giving "
+                         f"{name} a share")
+    return data[name]
+
+
+def _export(classifier, tokenizer, export_dir: str) -> None:
+    """save_pretrained model + tokenizer into a temporary directory, then rename into place."""
+    staged = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(export_dir))
+    classifier.save_pretrained(staged)
+    tokenizer.save_pretrained(staged)
+    if os.path.exists(export_dir):
+        shutil.rmtree(export_dir)
+    os.rename(staged, export_dir)
+
+
+def _main(argv):
+    del argv
+    stats = run(trainer_flags.train_config())
+    if "accuracy" in stats:
+        print(evaluate_lib.format_table(stats))
+    print(json.dumps({k: stats[k] for k in ("global_step", "examples_seen", "padding_efficiency", "train_seconds")
+                      if k in stats}))
+
+
+def main():
+    trainer_flags.define_train_flags()
+    cli.run(_main)
+
+
+if __name__ == "__main__":
+    main()
