@@ -10,6 +10,9 @@ import tempfile
 import tokenizers
 import transformers
 
+from trainer import cli
+from trainer.cli import UsageError
+
 
 def build(output_dir: str, texts, vocab_size: int = 2000, hidden_size: int = 32, num_layers: int = 2,
           max_positions: int = 128, seed: int = 0) -> str:
@@ -33,10 +36,14 @@ def build(output_dir: str, texts, vocab_size: int = 2000, hidden_size: int = 32,
     return output_dir
 
 
-if __name__ == "__main__":
-    import trainer  # noqa: F401  (sets TF_USE_LEGACY_KERAS)
+def _main(argv):
     from trainer.data import readers
-    out, source_path = sys.argv[1], sys.argv[2]
-    rows = readers.read_rows(readers.Source(source_path), readers.ReadStats())
-    build(out, (text for text, _ in rows), vocab_size=int(sys.argv[3]) if len(sys.argv) > 3 else 2000)
-    print(f"tiny BERT written to {out}")
+    if len(argv) not in (3, 4):
+        raise UsageError("usage: python -m trainer.tiny_bert OUTPUT_DIR SENTIMENT140_CSV [VOCAB_SIZE]")
+    rows = readers.read_rows(readers.Source(argv[2]), readers.ReadStats())
+    build(argv[1], (text for text, _ in rows), vocab_size=int(argv[3]) if len(argv) > 3 else 2000)
+    print(f"tiny BERT written to {argv[1]}")
+
+
+if __name__ == "__main__":
+    cli.run(_main)
