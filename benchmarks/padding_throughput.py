@@ -1,0 +1,324 @@
+"""Training throughput of the three padding modes (max_length, batch, bucket) against the ideal.
+
+Run from the project root (it must be on sys.path; `import trainer` comes from the editable install):
+
+    cd /work/main && .venv/bin/python -m benchmarks.padding_throughput [--steps=20] [--xla=false,true] \
+        [--precisions=none,bf16] [--model_size=base] [--output_dir=/tmp/padding_throughput/report]
+
+Per (max_length, xla, precision) it builds one classifier per padding mode, plus one for the ideal,
+each from the same seed and compiled as trainer.train does. Every mode trains one epoch of the same
+--steps x --global_batch_size training rows through `stream(...)` with the model's own Keras train
+function (what `fit` calls), one step per call, timed until the loss is back. The ideal replays the
+bucket epoch's (rows, length) shapes, in its order, from synthetic `from_tensors(...).repeat()` tensors:
+no input pipeline. Before timing, each model runs every batch shape once (trace + compile, reported as
+compile_seconds) and --warmup_steps more; then the modes take turns, --interleave steps each, so they
+share the machine's background noise. The input pipeline alone is timed afterwards, with no model step.
+Writes results.json, results.md and throughput.png to --output_dir; asserts nothing.
+"""
+import dataclasses
+import itertools
+import json
+import os
+import time
+
+import numpy as np
+from absl import flags
+
+import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS, before TensorFlow is imported)
+import datasets
+import tensorflow as tf
+import tf_keras
+import transformers
+
+from trainer import cli, hub
+from trainer import model as model_lib
+from trainer.config import PrepareConfig, TrainConfig
+from trainer.data import prepare, readers
+from trainer.data import stream as stream_lib
+
+flags.DEFINE_string("model", "/work/shared/models/all-MiniLM-L6-v2", "Checkpoint directory (its tokenizer is always used).")
+flags.DEFINE_enum("model_size", None, ["tiny", "mini", "small", "base"],
+                  "Instead of the checkpoint's weights, a randomly initialised BERT of this size.")
+flags.DEFINE_string("source", "/work/shared/data/sentiment140_sample.csv", "Sentiment140 CSV to prepare.")
+flags.DEFINE_string("data_dir", None, "An already prepared dataset to use for every max_length instead of --source.")
+flags.DEFINE_string("work_dir", "/tmp/padding_throughput/data", "Where --source is prepared (reused when unchanged).")
+flags.DEFINE_string("output_dir", "/tmp/padding_throughput/report", "Where results.json/.md and throughput.png go.")
+flags.DEFINE_list("max_lengths", ["64", "128"], "Max lengths to compare the padding modes at.")
+flags.DEFINE_list("xla", ["false"], "jit_compile settings to run, e.g. false,true.")
+flags.DEFINE_list("precisions", ["none"], "Precisions to run: none, fp16, bf16.")
+flags.DEFINE_integer("global_batch_size", 32, "Rows per training step.")
+flags.DEFINE_integer("steps", 20, "Timed steps per mode: the epoch of --steps x --global_batch_size rows.")
+flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per mode after the compile pass.")
+flags.DEFINE_integer("interleave", 5, "Timed steps a mode runs before the next mode takes its turn.")
+flags.DEFINE_integer("pipeline_epochs", 5, "Epochs of the stream iterated (no model) to time the input pipeline.")
+flags.DEFINE_integer("seed", 0, "Seed for the row subset, the stream's shuffle and the model's new head.")
+FLAGS = flags.FLAGS
+
+BERT_SIZES = {"tiny": (2, 128), "mini": (4, 256), "small": (4, 512), "base": (12, 768)}  # layers, hidden
+IDEAL = "ideal"
+TRAIN_DEFAULTS = TrainConfig(data_dir="", model="", output_dir="")
+
+
+@dataclasses.dataclass
+class Contender:
+    """One padding mode (or the ideal): its model's train function, what it feeds it, what it measured."""
+    padding: str
+    train_function: object
+    inputs: list                    # per epoch step: the iterator train_function reads that step's batch from
+    shapes: list                    # per epoch step: (rows, padded length)
+    real_tokens: np.ndarray         # per epoch step
+    first_call_seconds: dict = dataclasses.field(default_factory=dict)   # shape -> its first (compiling) step
+    seconds: list = dataclasses.field(default_factory=list)               # per timed step
+
+
+def timed_step(train_function, iterator) -> float:
+    start = time.perf_counter()
+    float(train_function(iterator)["loss"])   # the step is done once its loss is on the host
+    return time.perf_counter() - start
+
+
+def synthetic_batch(rows: int, length: int, input_names, rng) -> tuple[dict, tf.Tensor]:
+    columns = {"input_ids": rng.integers(1000, 20000, (rows, length)), "attention_mask": np.ones((rows, length)),
+               "token_type_ids": np.zeros((rows, length))}
+    return ({name: tf.constant(columns[name], tf.int32) for name in input_names},
+            tf.constant(rng.integers(0, 2, rows), tf.int32))
+
+
+def build_model(tokenizer, model_dir: str, num_steps: int, xla: bool):
+    """A classifier compiled as trainer.train compiles it (same seed every call: same initial weights)."""
+    tf_keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.model_size:
+        layers, hidden = BERT_SIZES[FLAGS.model_size]
+        config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                                         num_attention_heads=hidden // 64, intermediate_size=4 * hidden, num_labels=2)
+        model = transformers.TFBertForSequenceClassification(config)
+        model.build_in_name_scope()
+    else:
+        model = model_lib.build_classifier(model_dir, ["negative", "positive"])
+    optimizer, _ = transformers.create_optimizer(
+        TRAIN_DEFAULTS.learning_rate, num_train_steps=num_steps,
+        num_warmup_steps=int(TRAIN_DEFAULTS.warmup_ratio * num_steps), weight_decay_rate=TRAIN_DEFAULTS.weight_decay)
+    model.compile(optimizer=optimizer, loss=model_lib.loss_fn,
+                  metrics=[tf_keras.metrics.SparseCategoricalAccuracy("accuracy")], jit_compile=xla,
+                  steps_per_execution=1)
+    return model
+
+
+def warm_up(contender: Contender, shape_inputs: dict) -> None:
+    """One step per distinct shape (trace/compile, timed apart), then --warmup_steps more; none is timed."""
+    for shape, iterator in shape_inputs.items():
+        contender.first_call_seconds[shape] = timed_step(contender.train_function, iterator)
+    for iterator in itertools.islice(itertools.cycle(shape_inputs.values()), FLAGS.warmup_steps):
+        timed_step(contender.train_function, iterator)
+
+
+def measure_group(split, full_split, tokenizer, model_dir, max_length, xla, precision) -> list[dict]:
+    """All padding modes and the ideal at one (max_length, xla, precision): one result row each."""
+    tf_keras.backend.clear_session()
+    tf_keras.mixed_precision.set_global_policy(model_lib.KERAS_POLICY[precision])
+    batch, steps, rng = FLAGS.global_batch_size, FLAGS.steps, np.random.default_rng(FLAGS.seed)
+    boundaries = stream_lib.bucket_boundaries(stream_lib.lengths_of(full_split))   # as a full training run has
+    stream_args = dict(global_batch_size=batch, max_length=max_length, bucket_boundaries=boundaries, shuffle=True,
+                       seed=FLAGS.seed, drop_remainder=True)
+    contenders, streams, models = [], {}, {}
+    for padding in (*stream_lib.PADDINGS, IDEAL):
+        model = models[padding] = build_model(tokenizer, model_dir, 2 * steps + FLAGS.warmup_steps, xla)
+        function = model.make_train_function()
+        if padding == IDEAL:        # the bucket epoch's shapes, in its order, with no input pipeline
+            plan = streams["bucket"].plan
+            names = list(streams["bucket"].dataset.element_spec[0])
+            shape_inputs = {s: iter(tf.data.Dataset.from_tensors(synthetic_batch(*s, names, rng)).repeat())
+                            for s in sorted(plan.shapes())}
+            shapes = [(int(r), int(p)) for r, p in zip(plan.examples, plan.pad_lengths[:, 0])]
+            contender = Contender(IDEAL, function, [shape_inputs[s] for s in shapes], shapes, plan.real_tokens)
+        else:
+            built = streams[padding] = stream_lib.stream(split, model, tokenizer, padding=padding, **stream_args)
+            plan, spec, names = built.plan, built.dataset.element_spec, list(built.dataset.element_spec[0])
+            # the stream's own element spec: train_function reuses the trace (and XLA executables) it compiles here
+            shape_inputs = {s: iter(tf.data.Dataset.from_generator(
+                lambda s=s: itertools.repeat(synthetic_batch(*s, names, rng)), output_signature=spec))
+                for s in sorted(plan.shapes())}
+            epoch = iter(built.dataset)   # starts prefetching while the model warms up
+            shapes = [(int(r), int(p)) for r, p in zip(plan.examples, plan.pad_lengths[:, 0])]
+            contender = Contender(padding, function, [epoch] * plan.steps, shapes, plan.real_tokens)
+        print(f"  {padding}: compiling {len(shape_inputs)} shape(s) ...", flush=True)
+        warm_up(contender, shape_inputs)
+        contenders.append(contender)
+    for turn, start in enumerate(range(0, steps, FLAGS.interleave)):   # rotate who goes first
+        for contender in contenders[turn % len(contenders):] + contenders[:turn % len(contenders)]:
+            for step in range(start, min(start + FLAGS.interleave, steps)):
+                contender.seconds.append(timed_step(contender.train_function, contender.inputs[step]))
+        print(f"  timed {min(start + FLAGS.interleave, steps)}/{steps} steps of each mode", flush=True)
+    pipeline = {padding: pipeline_examples_per_sec(split, models[padding], tokenizer, padding, stream_args)
+                for padding in stream_lib.PADDINGS}
+    rows = [result_row(c, max_length, xla, precision, pipeline.get(c.padding)) for c in contenders]
+    by_padding = {row["padding"]: row for row in rows}
+    for row in rows:
+        row["speedup_vs_full"] = round(row["examples_per_sec"] / by_padding["max_length"]["examples_per_sec"], 3)
+        row["fraction_of_ideal"] = round(row["examples_per_sec"] / by_padding[IDEAL]["examples_per_sec"], 3)
+    full_epoch = stream_lib.plan_batches(stream_lib.lengths_of(full_split), padding="bucket", **{
+        k: v for k, v in stream_args.items() if k != "bucket_boundaries"}, boundaries=boundaries)
+    by_padding["bucket"]["train_epoch_padding_efficiency"] = round(full_epoch.padding_efficiency, 3)
+    del contenders, models, streams
+    return rows
+
+
+def pipeline_examples_per_sec(split, model, tokenizer, padding, stream_args) -> float:
+    """Examples/s of --pipeline_epochs epochs of the stream (each built afresh, as train.py does), no model step."""
+    examples, start = 0, time.perf_counter()
+    for epoch in range(FLAGS.pipeline_epochs):
+        for _, labels in stream_lib.stream(split, model, tokenizer, padding=padding, epoch=epoch, **stream_args).dataset:
+            examples += int(labels.shape[0])
+    return examples / (time.perf_counter() - start)
+
+
+def result_row(c: Contender, max_length, xla, precision, pipeline_rate) -> dict:
+    steps = len(c.seconds)
+    seconds = float(np.sum(c.seconds))
+    examples = sum(rows for rows, _ in c.shapes[:steps])
+    real = int(np.sum(c.real_tokens[:steps]))
+    padded = sum(rows * length for rows, length in c.shapes[:steps])
+    by_shape = {}
+    for shape, t in zip(c.shapes, c.seconds):
+        by_shape.setdefault(shape, []).append(t)
+    per_padded_token = seconds / padded       # a shape never timed: its steady time estimated from its tokens
+    compile_seconds = sum(max(0.0, t - (np.median(by_shape[s]) if s in by_shape else per_padded_token * s[0] * s[1]))
+                          for s, t in c.first_call_seconds.items())
+    rate = examples / seconds
+    return {"padding": c.padding, "max_length": max_length, "xla": xla, "precision": precision,
+            "global_batch_size": FLAGS.global_batch_size, "steps": steps, "examples_per_sec": round(rate, 2),
+            "real_tokens_per_sec": round(real / seconds, 1), "padded_tokens_per_sec": round(padded / seconds, 1),
+            "padding_efficiency": round(real / padded, 3),
+            "step_time_ms_median": round(1000 * float(np.median(c.seconds)), 1),
+            "step_time_ms_p90": round(1000 * float(np.percentile(c.seconds, 90)), 1),
+            "distinct_shapes": len(set(c.shapes)), "compile_seconds": round(compile_seconds, 1),
+            "mean_padded_length": round(padded / examples, 1),
+            "pipeline_examples_per_sec": round(pipeline_rate, 1) if pipeline_rate else None,
+            "pipeline_headroom": round(pipeline_rate / rate, 1) if pipeline_rate else None}
+
+
+def check_targets(rows: list[dict]) -> list[dict]:
+    """The issue's targets (2-core CPU, MiniLM-L6, global batch 32) for every (xla, precision) group run."""
+    found, targets = {(r["padding"], r["max_length"], r["xla"], r["precision"]): r for r in rows}, []
+
+    def add(name, measured, goal, met):
+        targets.append({"target": name, "measured": measured, "goal": goal, "met": bool(met)})
+
+    for xla, precision in sorted({(r["xla"], r["precision"]) for r in rows}):
+        tag = f"xla={'on' if xla else 'off'} {precision}"
+        for (length, padding, goal) in ((64, "bucket", 2.5), (128, "bucket", 4.5), (64, "batch", 1.1)):
+            if (padding, length, xla, precision) in found:
+                value = found[padding, length, xla, precision]["speedup_vs_full"]
+                add(f"{padding} vs full padding, L={length}, {tag}", f"{value:.2f}x", f">= {goal}x", value >= goal)
+        for length in sorted({r["max_length"] for r in rows}):
+            b = found.get(("bucket", length, xla, precision))
+            if not b:
+                continue
+            add(f"bucket fraction of ideal, L={length}, {tag}", f"{b['fraction_of_ideal']:.2f}", ">= 0.90",
+                b["fraction_of_ideal"] >= 0.9)
+            add(f"bucket padding efficiency & shapes, L={length}, {tag}",
+                f"{b['padding_efficiency']:.3f} (train epoch {b['train_epoch_padding_efficiency']:.3f}), "
+                f"{b['distinct_shapes']} shapes", ">= 0.93, <= 8",
+                b["padding_efficiency"] >= 0.93 and b["distinct_shapes"] <= 8)
+            add(f"bucket input pipeline / training rate, L={length}, {tag}", f"{b['pipeline_headroom']:.1f}x",
+                ">= 20x", b["pipeline_headroom"] >= 20)
+    return targets
+
+
+COLUMNS = [("padding", "padding", "{}"), ("max_length", "L", "{}"), ("xla", "xla", "{}"), ("precision", "prec", "{}"),
+           ("examples_per_sec", "ex/s", "{:.1f}"), ("real_tokens_per_sec", "real tok/s", "{:.0f}"),
+           ("padded_tokens_per_sec", "pad tok/s", "{:.0f}"), ("padding_efficiency", "pad eff", "{:.3f}"),
+           ("step_time_ms_median", "med ms", "{:.0f}"), ("step_time_ms_p90", "p90 ms", "{:.0f}"),
+           ("distinct_shapes", "shapes", "{}"), ("compile_seconds", "compile s", "{:.1f}"),
+           ("speedup_vs_full", "vs full", "{:.2f}"), ("fraction_of_ideal", "of ideal", "{:.2f}"),
+           ("pipeline_examples_per_sec", "pipe ex/s", "{:.0f}"), ("pipeline_headroom", "pipe/train", "{:.0f}x")]
+
+
+def cells(row: dict) -> list[str]:
+    return ["-" if row[key] is None else fmt.format(row[key]) for key, _, fmt in COLUMNS]
+
+
+def text_report(rows, targets) -> str:
+    table = [[title for _, title, _ in COLUMNS]] + [cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in table]
+    lines += ["", f"{'target':<58} {'measured':<40} {'goal':<14} result"]
+    lines += [f"{t['target']:<58} {t['measured']:<40} {t['goal']:<14} {'PASS' if t['met'] else 'MISS'}" for t in targets]
+    return "\n".join(lines)
+
+
+def markdown_report(rows, targets, settings) -> str:
+    lines = ["# Padding throughput", "", "```", json.dumps(settings, indent=1), "```", "",
+             "| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    lines += ["", "| target | measured | goal | result |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {t['goal']} | {'PASS' if t['met'] else 'MISS'} |" for t in targets]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(rows, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = sorted({(r["max_length"], r["xla"], r["precision"]) for r in rows})
+    paddings = [*stream_lib.PADDINGS, IDEAL]
+    fig, ax = plt.subplots(figsize=(2.5 + 2.2 * len(groups), 4.5))
+    for i, padding in enumerate(paddings):
+        values = [next(r["examples_per_sec"] for r in rows if (r["max_length"], r["xla"], r["precision"]) == g
+                       and r["padding"] == padding) for g in groups]
+        ax.bar(np.arange(len(groups)) + (i - 1.5) * 0.2, values, 0.2, label=padding)
+    ax.set_xticks(np.arange(len(groups)), [f"L={g[0]}\nxla={'on' if g[1] else 'off'} {g[2]}" for g in groups])
+    ax.set_ylabel("training examples / s")
+    ax.set_title(f"Padding modes, global batch {FLAGS.global_batch_size}, {FLAGS.model_size or os.path.basename(FLAGS.model)}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def prepared_train_split(max_length: int, model_dir: str):
+    if FLAGS.data_dir:
+        return prepare.load(FLAGS.data_dir)["train"]
+    output_dir = os.path.join(FLAGS.work_dir, f"{os.path.basename(os.path.normpath(model_dir))}_{max_length}")
+    prepare.prepare(PrepareConfig(source=readers.Source(FLAGS.source), output_dir=output_dir, model=model_dir,
+                                  max_length=max_length))
+    return prepare.load(output_dir)["train"]
+
+
+def _main(argv):
+    del argv
+    datasets.disable_progress_bars()
+    xla_settings = [{"true": True, "false": False}[x.lower()] for x in FLAGS.xla]
+    if any(p not in model_lib.KERAS_POLICY for p in FLAGS.precisions):
+        raise cli.UsageError(f"--precisions takes {', '.join(model_lib.KERAS_POLICY)}")
+    model_dir = hub.resolve(FLAGS.model)
+    tokenizer = hub.load_tokenizer(model_dir)
+    settings = {k: FLAGS[k].value for k in ("model", "model_size", "source", "data_dir", "global_batch_size", "steps",
+                                            "warmup_steps", "interleave", "pipeline_epochs", "seed")}
+    settings.update(cpu_count=os.cpu_count(), load_average_at_start=[round(x, 2) for x in os.getloadavg()])
+    rows, start = [], time.time()
+    for max_length in map(int, FLAGS.max_lengths):
+        full_split = prepared_train_split(max_length, model_dir)
+        subset_rows = np.random.default_rng(FLAGS.seed).permutation(len(full_split))[:FLAGS.steps * FLAGS.global_batch_size]
+        split = full_split.select(np.sort(subset_rows))
+        for precision, xla in itertools.product(FLAGS.precisions, xla_settings):
+            print(f"max_length={max_length} xla={xla} precision={precision}", flush=True)
+            rows += measure_group(split, full_split, tokenizer, model_dir, max_length, xla, precision)
+    settings.update(load_average_at_end=[round(x, 2) for x in os.getloadavg()], seconds=round(time.time() - start))
+    targets = check_targets(rows)
+    print("\n" + text_report(rows, targets))
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    with open(os.path.join(FLAGS.output_dir, "results.json"), "w") as f:
+        json.dump({"settings": settings, "rows": rows, "targets": targets}, f, indent=2)
+    with open(os.path.join(FLAGS.output_dir, "results.md"), "w") as f:
+        f.write(markdown_report(rows, targets, settings))
+    bar_chart(rows, os.path.join(FLAGS.output_dir, "throughput.png"))
+    print(f"\nwrote {FLAGS.output_dir}/results.json, results.md, throughput.png ({settings['seconds']} s)")
+
+
+def main():
+    cli.run(_main)
+
+
+if __name__ == "__main__":
+    main()
