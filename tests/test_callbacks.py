@@ -36,8 +36,10 @@ def test_logging_and_checkpoints_with_steps_per_execution(tmp_path):
     assert [int(p.rsplit("-", 1)[1]) for p in manager.checkpoints] == [6, 9]
 
 
-def test_non_chief_saves_nothing_in_the_real_directory(tmp_path):
+def test_non_chief_empties_its_scratch_directory(tmp_path):
     checkpoint = tf.train.Checkpoint(step=tf.Variable(3))
-    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path / "ckpt"), max_to_keep=1)
-    callbacks.Checkpoint(manager, every_steps=1, is_chief=False).save(3)
-    assert not (tmp_path / "ckpt").exists() or not list((tmp_path / "ckpt").iterdir())
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path / "scratch"), max_to_keep=1)
+    saver = callbacks.Checkpoint(manager, every_steps=1, is_chief=False)
+    saver.save(3)
+    saver.save(4)
+    assert list((tmp_path / "scratch").iterdir()) == []

@@ -7,7 +7,6 @@ them the epoch's plan and the global step it starts at.
 import csv
 import os
 import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -126,8 +125,9 @@ class Profile(EpochAware):
 class Checkpoint(EpochAware):
     """Save model + optimizer every `every_steps` global steps (and on request).
 
-    Every worker must take part in a save (variables may be read collectively); only the chief
-    writes to the real directory, the others to a temporary one they remove.
+    Every worker must take part in a save (it runs collective ops), with the same calls: the
+    chief's manager writes to the run's directory, the others' to a scratch directory that is
+    emptied after each save.
     """
 
     def __init__(self, manager: tf.train.CheckpointManager, every_steps: int, is_chief: bool):
@@ -148,10 +148,9 @@ class Checkpoint(EpochAware):
     def save(self, step: int) -> None:
         if step == self.saved_step:
             return
-        if self.is_chief:
-            self.manager.save(checkpoint_number=step)
-        else:
-            scratch = tempfile.mkdtemp(prefix="worker-checkpoint-")
-            self.manager.checkpoint.write(os.path.join(scratch, "ckpt"))
-            shutil.rmtree(scratch, ignore_errors=True)
+        self.manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            for name in os.listdir(self.manager.directory):
+                path = os.path.join(self.manager.directory, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         self.saved_step = step

@@ -12,6 +12,7 @@ OUTPUT_DIR/
   metrics.json                  test metrics, global_step, examples_seen, throughput
 """
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 import transformers
@@ -75,11 +77,20 @@ def run(config: TrainConfig) -> dict:
                          "lower --per_replica_batch_size")
 
     def train_stream(epoch: int, start_step: int = 0) -> stream_lib.Stream:
+        """This worker's shard of the epoch, from start_step on (every worker plans the same global batches)."""
         return stream_lib.stream(
             train_split, classifier, tokenizer, global_batch_size=global_batch_size, padding=config.padding,
             max_length=max_length, pad_to_multiple_of=config.pad_to_multiple_of, shuffle=True, seed=config.seed,
             epoch=epoch, start_step=start_step, drop_remainder=True, num_shards=num_workers,
             shard_index=worker_index, static_shapes=on_tpu)
+
+    def distributed(dataset: tf.data.Dataset):
+        """Single worker: Keras splits each global batch over the replicas. Multi-worker: each worker
+        feeds its own shard, cut into per-replica batches for its local replicas."""
+        if num_workers == 1:
+            return dataset
+        per_replica = global_batch_size // strategy.num_replicas_in_sync
+        return strategy.distribute_datasets_from_function(lambda context: dataset.rebatch(per_replica))
 
     with strategy.scope():
         classifier = model_lib.build_classifier(
@@ -93,10 +104,13 @@ def run(config: TrainConfig) -> dict:
                            metrics=[tf_keras.metrics.SparseCategoricalAccuracy("accuracy")],
                            jit_compile=config.xla, steps_per_execution=config.steps_per_execution)
         checkpoint = tf.train.Checkpoint(model=classifier, optimizer=classifier.optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(config.output_dir, "checkpoints"), max_to_keep=2)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
-        logging.info("resumed from %s", manager.latest_checkpoint)
+    checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest:
+        checkpoint.restore(latest).expect_partial()
+        logging.info("resumed from %s", latest)
+    scratch = None if chief else tempfile.mkdtemp(prefix="worker-checkpoints-")
+    manager = tf.train.CheckpointManager(checkpoint, scratch or checkpoint_dir, max_to_keep=2)
     global_step = int(classifier.optimizer.iterations.numpy())
 
     logs = os.path.join(config.output_dir, "logs")
@@ -113,20 +127,25 @@ def run(config: TrainConfig) -> dict:
             profiler = callbacks.Profile(os.path.join(logs, "train"), *config.profile_steps)
             epoch_aware.append(profiler)
             keras_callbacks.append(profiler)
-    validation = None
+    validation, validation_steps = None, None
     if "validation" in data and len(data["validation"]):
-        validation = stream_lib.stream(data["validation"], classifier, tokenizer, global_batch_size=global_batch_size,
-                                       padding="bucket", max_length=max_length, static_shapes=on_tpu).dataset
+        validation_stream = stream_lib.stream(
+            data["validation"], classifier, tokenizer, global_batch_size=global_batch_size, padding="bucket",
+            max_length=max_length, static_shapes=on_tpu, num_shards=num_workers, shard_index=worker_index)
+        validation, validation_steps = distributed(validation_stream.dataset), validation_stream.plan.steps
 
     logging.info("training: %d replica(s), global batch %d, %d steps per epoch, %d steps in all, precision %s, "
                  "xla %s, padding %s", strategy.num_replicas_in_sync, global_batch_size, steps_per_epoch,
                  total_steps, precision, config.xla, config.padding)
     shapes, efficiency, train_seconds = set(), [], 0.0
+    rows_digest = hashlib.sha256()      # which rows this worker trained on, in order
     while global_step < total_steps:
         epoch, start_step = divmod(global_step, steps_per_epoch)
         epoch_stream = train_stream(epoch, start_step)
         steps = min(epoch_stream.plan.steps, total_steps - global_step)
         shapes |= epoch_stream.plan.shapes()
+        rows_digest.update(epoch_stream.plan.shard_rows(worker_index)[:steps * epoch_stream.plan.per_shard_batch_size]
+                           .astype(np.int64).tobytes())
         efficiency.append((epoch_stream.plan.real_tokens[:steps].sum(), epoch_stream.plan.padded_tokens[:steps].sum()))
         if config.xla and len(epoch_stream.plan.shapes()) > 16:
             logging.warning("XLA compiles once per batch shape and this epoch has %d: use --padding=bucket or "
@@ -134,31 +153,49 @@ def run(config: TrainConfig) -> dict:
         for callback in epoch_aware:
             callback.start_epoch(epoch_stream.plan, global_step)
         fit_start = time.time()
-        classifier.fit(epoch_stream.dataset.take(steps), initial_epoch=epoch, epochs=epoch + 1,
-                       validation_data=validation if start_step + steps == steps_per_epoch else None,
-                       callbacks=keras_callbacks, verbose=1 if sys.stdout.isatty() else 2)
+        epoch_end = start_step + steps == steps_per_epoch
+        classifier.fit(distributed(epoch_stream.dataset.take(steps)), initial_epoch=epoch, epochs=epoch + 1,
+                       steps_per_epoch=steps, validation_data=validation if epoch_end else None,
+                       validation_steps=validation_steps, callbacks=keras_callbacks,
+                       verbose=1 if sys.stdout.isatty() else 2)
         train_seconds += time.time() - fit_start
         global_step = int(classifier.optimizer.iterations.numpy())
     saver.save(global_step)
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
 
     stats = {"global_step": global_step, "examples_seen": global_step * global_batch_size,
              "global_batch_size": global_batch_size, "replicas": strategy.num_replicas_in_sync,
              "strategy": distribute.strategy_name(strategy), "mixed_precision": precision, "xla": config.xla,
              "padding": config.padding, "distinct_shapes": len(shapes),
              "padding_efficiency": float(sum(r for r, _ in efficiency) / max(1, sum(p for _, p in efficiency))),
-             "first_step_seconds": step_logger.first_step_seconds, "train_seconds": round(train_seconds, 1)}
+             "first_step_seconds": step_logger.first_step_seconds, "train_seconds": round(train_seconds, 1),
+             "worker": {"index": worker_index, "count": num_workers, "rows_sha256": rows_digest.hexdigest()},
+             "weights_sha256": weights_digest(classifier)}
     if step_logger.totals["seconds"]:
         stats["examples_per_sec"] = step_logger.totals["examples"] / step_logger.totals["seconds"]
         stats["real_tokens_per_sec"] = step_logger.totals["real_tokens"] / step_logger.totals["seconds"]
-    if "test" in data and len(data["test"]):
-        stats.update(evaluate_lib.evaluate_split(classifier, tokenizer, data["test"], global_batch_size=global_batch_size,
+    export_dir = os.path.join(config.output_dir, "export")
+    if chief:
+        _export(classifier, tokenizer, export_dir)
+    if chief and "test" in data and len(data["test"]):
+        # Multi-worker: predicting is collective there, so the chief scores its export on its own.
+        scorer = classifier if num_workers == 1 else model_lib.load_export(export_dir)
+        stats.update(evaluate_lib.evaluate_split(scorer, tokenizer, data["test"], global_batch_size=global_batch_size,
                                                  max_length=max_length, label_names=label_names))
     if chief:
-        _export(classifier, tokenizer, os.path.join(config.output_dir, "export"))
         stats["seconds"] = round(time.time() - start, 1)
         stats["config"] = dataclasses.asdict(config)
         evaluate_lib.write_json(os.path.join(config.output_dir, METRICS), stats)
     return stats
+
+
+def weights_digest(classifier) -> str:
+    """sha256 over every weight: equal on every worker of a multi-worker run, and across identical runs."""
+    digest = hashlib.sha256()
+    for weight in classifier.weights:
+        digest.update(np.asarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
 
 
 def _split(data, name: str, data_dir: str):
@@ -183,8 +220,8 @@ def _main(argv):
     stats = run(trainer_flags.train_config())
     if "accuracy" in stats:
         print(evaluate_lib.format_table(stats))
-    print(json.dumps({k: stats[k] for k in ("global_step", "examples_seen", "padding_efficiency", "train_seconds")
-                      if k in stats}))
+    print(json.dumps({k: stats[k] for k in ("global_step", "examples_seen", "padding_efficiency", "train_seconds",
+                                            "worker", "weights_sha256") if k in stats}))
 
 
 def main():
