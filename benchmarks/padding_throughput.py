@@ -57,6 +57,7 @@ FLAGS = flags.FLAGS
 BERT_SIZES = {"tiny": (2, 128), "mini": (4, 256), "small": (4, 512), "base": (12, 768)}  # layers, hidden
 IDEAL = "ideal"
 TRAIN_DEFAULTS = TrainConfig(data_dir="", model="", output_dir="")
+STARTED = time.time()
 
 
 @dataclasses.dataclass
@@ -69,6 +70,10 @@ class Contender:
     real_tokens: np.ndarray         # per epoch step
     first_call_seconds: dict = dataclasses.field(default_factory=dict)   # shape -> its first (compiling) step
     seconds: list = dataclasses.field(default_factory=list)               # per timed step
+
+
+def log(message: str) -> None:
+    print(f"[{time.time() - STARTED:6.0f} s] {message}", flush=True)
 
 
 def timed_step(train_function, iterator) -> float:
@@ -112,12 +117,12 @@ def warm_up(contender: Contender, shape_inputs: dict) -> None:
         timed_step(contender.train_function, iterator)
 
 
-def measure_group(split, full_split, tokenizer, model_dir, max_length, xla, precision) -> list[dict]:
+def measure_group(split, full_lengths, tokenizer, model_dir, max_length, xla, precision) -> list[dict]:
     """All padding modes and the ideal at one (max_length, xla, precision): one result row each."""
     tf_keras.backend.clear_session()
     tf_keras.mixed_precision.set_global_policy(model_lib.KERAS_POLICY[precision])
     batch, steps, rng = FLAGS.global_batch_size, FLAGS.steps, np.random.default_rng(FLAGS.seed)
-    boundaries = stream_lib.bucket_boundaries(stream_lib.lengths_of(full_split))   # as a full training run has
+    boundaries = stream_lib.bucket_boundaries(full_lengths)   # those of a training run on the whole split
     stream_args = dict(global_batch_size=batch, max_length=max_length, bucket_boundaries=boundaries, shuffle=True,
                        seed=FLAGS.seed, drop_remainder=True)
     contenders, streams, models = [], {}, {}
@@ -141,22 +146,24 @@ def measure_group(split, full_split, tokenizer, model_dir, max_length, xla, prec
             epoch = iter(built.dataset)   # starts prefetching while the model warms up
             shapes = [(int(r), int(p)) for r, p in zip(plan.examples, plan.pad_lengths[:, 0])]
             contender = Contender(padding, function, [epoch] * plan.steps, shapes, plan.real_tokens)
-        print(f"  {padding}: compiling {len(shape_inputs)} shape(s) ...", flush=True)
+        log(f"  {padding}: compiling {len(shape_inputs)} shape(s), then {FLAGS.warmup_steps} warm-up steps")
         warm_up(contender, shape_inputs)
         contenders.append(contender)
     for turn, start in enumerate(range(0, steps, FLAGS.interleave)):   # rotate who goes first
         for contender in contenders[turn % len(contenders):] + contenders[:turn % len(contenders)]:
             for step in range(start, min(start + FLAGS.interleave, steps)):
                 contender.seconds.append(timed_step(contender.train_function, contender.inputs[step]))
-        print(f"  timed {min(start + FLAGS.interleave, steps)}/{steps} steps of each mode", flush=True)
+        log(f"  timed {min(start + FLAGS.interleave, steps)}/{steps} steps of each mode")
     pipeline = {padding: pipeline_examples_per_sec(split, models[padding], tokenizer, padding, stream_args)
                 for padding in stream_lib.PADDINGS}
-    rows = [result_row(c, max_length, xla, precision, pipeline.get(c.padding)) for c in contenders]
+    traces = {c.padding: c.train_function.experimental_get_tracing_count() for c in contenders}
+    rows = [result_row(c, max_length, xla, precision, pipeline.get(c.padding)) | {"traces": traces[c.padding]}
+            for c in contenders]
     by_padding = {row["padding"]: row for row in rows}
     for row in rows:
         row["speedup_vs_full"] = round(row["examples_per_sec"] / by_padding["max_length"]["examples_per_sec"], 3)
         row["fraction_of_ideal"] = round(row["examples_per_sec"] / by_padding[IDEAL]["examples_per_sec"], 3)
-    full_epoch = stream_lib.plan_batches(stream_lib.lengths_of(full_split), padding="bucket", **{
+    full_epoch = stream_lib.plan_batches(full_lengths, padding="bucket", **{
         k: v for k, v in stream_args.items() if k != "bucket_boundaries"}, boundaries=boundaries)
     by_padding["bucket"]["train_epoch_padding_efficiency"] = round(full_epoch.padding_efficiency, 3)
     del contenders, models, streams
@@ -164,10 +171,11 @@ def measure_group(split, full_split, tokenizer, model_dir, max_length, xla, prec
 
 
 def pipeline_examples_per_sec(split, model, tokenizer, padding, stream_args) -> float:
-    """Examples/s of --pipeline_epochs epochs of the stream (each built afresh, as train.py does), no model step."""
-    examples, start = 0, time.perf_counter()
-    for epoch in range(FLAGS.pipeline_epochs):
-        for _, labels in stream_lib.stream(split, model, tokenizer, padding=padding, epoch=epoch, **stream_args).dataset:
+    """Examples/s iterating the timed epoch's stream --pipeline_epochs times, with no model step."""
+    dataset, examples = stream_lib.stream(split, model, tokenizer, padding=padding, **stream_args).dataset, 0
+    start = time.perf_counter()
+    for _ in range(FLAGS.pipeline_epochs):
+        for _, labels in dataset:
             examples += int(labels.shape[0])
     return examples / (time.perf_counter() - start)
 
@@ -194,7 +202,8 @@ def result_row(c: Contender, max_length, xla, precision, pipeline_rate) -> dict:
             "distinct_shapes": len(set(c.shapes)), "compile_seconds": round(compile_seconds, 1),
             "mean_padded_length": round(padded / examples, 1),
             "pipeline_examples_per_sec": round(pipeline_rate, 1) if pipeline_rate else None,
-            "pipeline_headroom": round(pipeline_rate / rate, 1) if pipeline_rate else None}
+            "pipeline_headroom": round(pipeline_rate / rate, 1) if pipeline_rate else None,
+            "step_ms": [round(1000 * t) for t in c.seconds], "step_lengths": [length for _, length in c.shapes[:steps]]}
 
 
 def check_targets(rows: list[dict]) -> list[dict]:
@@ -300,10 +309,10 @@ def _main(argv):
     for max_length in map(int, FLAGS.max_lengths):
         full_split = prepared_train_split(max_length, model_dir)
         subset_rows = np.random.default_rng(FLAGS.seed).permutation(len(full_split))[:FLAGS.steps * FLAGS.global_batch_size]
-        split = full_split.select(np.sort(subset_rows))
+        split, full_lengths = full_split.select(np.sort(subset_rows)), stream_lib.lengths_of(full_split)
         for precision, xla in itertools.product(FLAGS.precisions, xla_settings):
-            print(f"max_length={max_length} xla={xla} precision={precision}", flush=True)
-            rows += measure_group(split, full_split, tokenizer, model_dir, max_length, xla, precision)
+            log(f"max_length={max_length} xla={xla} precision={precision}")
+            rows += measure_group(split, full_lengths, tokenizer, model_dir, max_length, xla, precision)
     settings.update(load_average_at_end=[round(x, 2) for x in os.getloadavg()], seconds=round(time.time() - start))
     targets = check_targets(rows)
     print("\n" + text_report(rows, targets))

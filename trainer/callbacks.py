@@ -5,6 +5,7 @@ epoch starts mid-plan), so these callbacks count global steps themselves: `start
 them the epoch's plan and the global step it starts at.
 """
 import csv
+import math
 import os
 import shutil
 import time
@@ -13,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from trainer.cli import UsageError
 from trainer.data.stream import BatchPlan
 
 STEP_SCALARS = ("loss", "accuracy", "learning_rate", "examples_per_sec", "real_tokens_per_sec",
@@ -122,6 +124,22 @@ class Profile(EpochAware):
             self.running = False
 
 
+class StopOnNonFiniteLoss(EpochAware):
+    """End the run at the first NaN/inf loss, before a later callback could checkpoint those weights."""
+
+    def __init__(self, last_checkpoint):
+        super().__init__()
+        self.last_checkpoint = last_checkpoint   # () -> the newest checkpoint path, or None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            kept = self.last_checkpoint()
+            raise UsageError(f"the loss became {loss} at step {self.global_step(batch)}: lower --learning_rate "
+                             f"(or use --mixed_precision=bf16/none); "
+                             f"{'the last checkpoint ' + os.path.basename(kept) + ' is intact' if kept else 'no checkpoint was written'}")
+
+
 class Checkpoint(EpochAware):
     """Save model + optimizer every `every_steps` global steps (and on request).
 
@@ -133,7 +151,11 @@ class Checkpoint(EpochAware):
     def __init__(self, manager: tf.train.CheckpointManager, every_steps: int, is_chief: bool):
         super().__init__()
         self.manager, self.every_steps, self.is_chief = manager, every_steps, is_chief
-        self.saved_step = None
+        self.saved_step, self.stop_requested = None, False
+
+    def request_stop(self, signum=None, frame=None) -> None:
+        """A signal handler (SIGTERM: preemption): save after the current step, then stop training."""
+        self.stop_requested = True
 
     def start_epoch(self, plan: BatchPlan, first_step: int) -> None:
         super().start_epoch(plan, first_step)
@@ -141,8 +163,10 @@ class Checkpoint(EpochAware):
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.global_step(batch)   # may advance by steps_per_execution at a time
-        if step // self.every_steps > self.previous_step // self.every_steps:
+        if self.stop_requested or step // self.every_steps > self.previous_step // self.every_steps:
             self.save(step)
+        if self.stop_requested:
+            self.model.stop_training = True
         self.previous_step = step
 
     def save(self, step: int) -> None:

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -111,14 +112,18 @@ def run(config: TrainConfig) -> dict:
         logging.info("resumed from %s", latest)
     scratch = None if chief else tempfile.mkdtemp(prefix="worker-checkpoints-")
     manager = tf.train.CheckpointManager(checkpoint, scratch or checkpoint_dir, max_to_keep=2)
-    global_step = int(classifier.optimizer.iterations.numpy())
+    global_step = resumed_from_step = int(classifier.optimizer.iterations.numpy())
+    if config.profile_steps and not resumed_from_step < config.profile_steps[1] <= total_steps:
+        raise UsageError(f"--profile_steps={config.profile_steps[0]},{config.profile_steps[1]} lies outside this "
+                         f"run's steps {resumed_from_step + 1}..{total_steps}: choose steps inside it")
 
     logs = os.path.join(config.output_dir, "logs")
     step_logger = callbacks.StepLogger(os.path.join(logs, "train"), os.path.join(config.output_dir, "steps.csv"),
                                        config.log_every_steps, enabled=chief)
     saver = callbacks.Checkpoint(manager, config.checkpoint_every_steps, is_chief=chief)
-    epoch_aware = [step_logger, saver]
-    keras_callbacks = [step_logger, saver]
+    nan_guard = callbacks.StopOnNonFiniteLoss(lambda: tf.train.latest_checkpoint(checkpoint_dir))
+    epoch_aware = [nan_guard, step_logger, saver]
+    keras_callbacks = [nan_guard, step_logger, saver]       # the guard first: nothing saves NaN weights
     if chief:
         keras_callbacks += [tf_keras.callbacks.TensorBoard(logs, update_freq="epoch", profile_batch=0,
                                                            write_graph=False),
@@ -139,30 +144,39 @@ def run(config: TrainConfig) -> dict:
                  total_steps, precision, config.xla, config.padding)
     shapes, efficiency, train_seconds = set(), [], 0.0
     rows_digest = hashlib.sha256()      # which rows this worker trained on, in order
-    while global_step < total_steps:
-        epoch, start_step = divmod(global_step, steps_per_epoch)
-        epoch_stream = train_stream(epoch, start_step)
-        steps = min(epoch_stream.plan.steps, total_steps - global_step)
-        shapes |= epoch_stream.plan.shapes()
-        rows_digest.update(epoch_stream.plan.shard_rows(worker_index)[:steps * epoch_stream.plan.per_shard_batch_size]
-                           .astype(np.int64).tobytes())
-        efficiency.append((epoch_stream.plan.real_tokens[:steps].sum(), epoch_stream.plan.padded_tokens[:steps].sum()))
-        if config.xla and len(epoch_stream.plan.shapes()) > 16:
-            logging.warning("XLA compiles once per batch shape and this epoch has %d: use --padding=bucket or "
-                            "--pad_to_multiple_of", len(epoch_stream.plan.shapes()))
-        for callback in epoch_aware:
-            callback.start_epoch(epoch_stream.plan, global_step)
-        fit_start = time.time()
-        epoch_end = start_step + steps == steps_per_epoch
-        classifier.fit(distributed(epoch_stream.dataset.take(steps)), initial_epoch=epoch, epochs=epoch + 1,
-                       steps_per_epoch=steps, validation_data=validation if epoch_end else None,
-                       validation_steps=validation_steps, callbacks=keras_callbacks,
-                       verbose=1 if sys.stdout.isatty() else 2)
-        train_seconds += time.time() - fit_start
-        global_step = int(classifier.optimizer.iterations.numpy())
+    previous_handler = signal.signal(signal.SIGTERM, saver.request_stop)   # preemption: save, then stop
+    try:
+        while global_step < total_steps and not saver.stop_requested:
+            epoch, start_step = divmod(global_step, steps_per_epoch)
+            epoch_stream = train_stream(epoch, start_step)
+            steps = min(epoch_stream.plan.steps, total_steps - global_step)
+            shapes |= epoch_stream.plan.shapes()
+            rows_digest.update(epoch_stream.plan.shard_rows(worker_index)[:steps * epoch_stream.plan.per_shard_batch_size]
+                               .astype(np.int64).tobytes())
+            efficiency.append((epoch_stream.plan.real_tokens[:steps].sum(),
+                               epoch_stream.plan.padded_tokens[:steps].sum()))
+            if config.xla and len(epoch_stream.plan.shapes()) > 16:
+                logging.warning("XLA compiles once per batch shape and this epoch has %d: use --padding=bucket or "
+                                "--pad_to_multiple_of", len(epoch_stream.plan.shapes()))
+            for callback in epoch_aware:
+                callback.start_epoch(epoch_stream.plan, global_step)
+            fit_start = time.time()
+            epoch_end = start_step + steps == steps_per_epoch
+            classifier.fit(distributed(epoch_stream.dataset.take(steps)), initial_epoch=epoch, epochs=epoch + 1,
+                           steps_per_epoch=steps, validation_data=validation if epoch_end else None,
+                           validation_steps=validation_steps, callbacks=keras_callbacks,
+                           verbose=1 if sys.stdout.isatty() else 2)
+            train_seconds += time.time() - fit_start
+            global_step = int(classifier.optimizer.iterations.numpy())
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     saver.save(global_step)
     if scratch:
         shutil.rmtree(scratch, ignore_errors=True)
+    if saver.stop_requested:
+        logging.warning("stopped by SIGTERM at step %d of %d; checkpoint saved: rerun the same command to resume",
+                        global_step, total_steps)
+        return {"global_step": global_step, "examples_seen": global_step * global_batch_size, "interrupted": True}
 
     stats = {"global_step": global_step, "examples_seen": global_step * global_batch_size,
              "global_batch_size": global_batch_size, "replicas": strategy.num_replicas_in_sync,
@@ -170,6 +184,7 @@ def run(config: TrainConfig) -> dict:
              "padding": config.padding, "distinct_shapes": len(shapes),
              "padding_efficiency": float(sum(r for r, _ in efficiency) / max(1, sum(p for _, p in efficiency))),
              "first_step_seconds": step_logger.first_step_seconds, "train_seconds": round(train_seconds, 1),
+             "resumed_from_step": resumed_from_step,
              "worker": {"index": worker_index, "count": num_workers, "rows_sha256": rows_digest.hexdigest()},
              "weights_sha256": weights_digest(classifier)}
     if step_logger.totals["seconds"]:
