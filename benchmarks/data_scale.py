@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
 import shutil
 import time
 
@@ -94,7 +95,10 @@ def prepare_child(source_path: str, output_dir: str, model: str, num_proc: int |
     datasets.disable_progress_bars()
     manifest = prepare.prepare(PrepareConfig(source=readers.Source(source_path), output_dir=output_dir, model=model,
                                              max_length=MAX_LENGTH, num_proc=num_proc, overwrite=True))
-    results.put({key: manifest[key] for key in ("rows_read", "rows_kept", "splits", "seconds")})
+    used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu_seconds = sum(u.ru_utime + u.ru_stime for u in used)   # all threads and worker processes
+    results.put({**{key: manifest[key] for key in ("rows_read", "rows_kept", "splits", "seconds")},
+                 "cpu_seconds": round(cpu_seconds, 1)})
 
 
 def stream_child(prepared_dir: str, model_dir: str, results) -> None:
@@ -136,12 +140,12 @@ def print_table(report: dict) -> None:
     sizes = list(report["prepare"])
     print(f"\nmachine: {report['machine']['cpu_count']} CPUs, {report['machine']['memory_total_gb']} GB, "
           f"load {report['machine']['load_average_at_start']}; num_proc={report['num_proc']}")
-    print(f"\n{'prepare':<10}{'rows kept':>11}{'wall s':>9}{'rows/s':>9}{'in-prep s':>11}"
+    print(f"\n{'prepare':<10}{'rows kept':>11}{'wall s':>9}{'rows/s':>9}{'in-prep s':>11}{'CPU s':>8}"
           f"{'peak RSS tree MB':>18}{'main MB':>9}")
     for size in sizes:
         p = report["prepare"][size]
         print(f"{int(size):<10,}{p['rows_kept']:>11,}{p['wall_seconds']:>9}{p['rows_per_second']:>9,}"
-              f"{p['seconds']:>11}{p['peak_rss_tree_mb']:>18,}{p['peak_rss_main_mb']:>9,}")
+              f"{p['seconds']:>11}{p['cpu_seconds']:>8}{p['peak_rss_tree_mb']:>18,}{p['peak_rss_main_mb']:>9,}")
     print(f"\n{'stream':<10}{'train rows':>11}{'batches':>9}{'s':>8}{'rows/s':>9}{'RSS start MB':>14}"
           f"{'streaming RSS MB':>18}{'of it anon MB':>15}{'peak tree MB':>14}")
     for size in sizes:

@@ -48,8 +48,8 @@ flags.DEFINE_list("xla", ["false"], "jit_compile settings to run, e.g. false,tru
 flags.DEFINE_list("precisions", ["none"], "Precisions to run: none, fp16, bf16.")
 flags.DEFINE_integer("global_batch_size", 32, "Rows per training step.")
 flags.DEFINE_integer("steps", 20, "Timed steps per mode: the epoch of --steps x --global_batch_size rows.")
-flags.DEFINE_integer("warmup_steps", 3, "Untimed steps per mode after the compile pass.")
-flags.DEFINE_integer("interleave", 5, "Timed steps a mode runs before the next mode takes its turn.")
+flags.DEFINE_integer("warmup_steps", 2, "Untimed steps per mode after every mode's compile pass.")
+flags.DEFINE_integer("interleave", 2, "Timed steps a mode runs before the next mode takes its turn.")
 flags.DEFINE_integer("pipeline_epochs", 5, "Epochs of the stream iterated (no model) to time the input pipeline.")
 flags.DEFINE_integer("seed", 0, "Seed for the row subset, the stream's shuffle and the model's new head.")
 FLAGS = flags.FLAGS
@@ -68,6 +68,7 @@ class Contender:
     inputs: list                    # per epoch step: the iterator train_function reads that step's batch from
     shapes: list                    # per epoch step: (rows, padded length)
     real_tokens: np.ndarray         # per epoch step
+    shape_inputs: dict              # (rows, length) -> an endless iterator of one synthetic batch of that shape
     first_call_seconds: dict = dataclasses.field(default_factory=dict)   # shape -> its first (compiling) step
     seconds: list = dataclasses.field(default_factory=list)               # per timed step
 
@@ -109,12 +110,18 @@ def build_model(tokenizer, model_dir: str, num_steps: int, xla: bool):
     return model
 
 
-def warm_up(contender: Contender, shape_inputs: dict) -> None:
-    """One step per distinct shape (trace/compile, timed apart), then --warmup_steps more; none is timed."""
-    for shape, iterator in shape_inputs.items():
+def compile_shapes(contender: Contender) -> None:
+    """One step per distinct shape: the trace and (XLA) compilations, timed apart from the timed steps."""
+    for shape, iterator in contender.shape_inputs.items():
         contender.first_call_seconds[shape] = timed_step(contender.train_function, iterator)
-    for iterator in itertools.islice(itertools.cycle(shape_inputs.values()), FLAGS.warmup_steps):
-        timed_step(contender.train_function, iterator)
+
+
+def warm_up(contenders: list[Contender]) -> None:
+    """--warmup_steps untimed steps each, once every model is built: a model's first step after another model
+    was built and traced is seconds slower (measured: 3-6 s instead of 1 s), so none of that lands in a timed step."""
+    for contender in contenders:
+        for iterator in itertools.islice(itertools.cycle(contender.shape_inputs.values()), FLAGS.warmup_steps):
+            timed_step(contender.train_function, iterator)
 
 
 def measure_group(split, full_lengths, tokenizer, model_dir, max_length, xla, precision) -> list[dict]:
@@ -135,7 +142,8 @@ def measure_group(split, full_lengths, tokenizer, model_dir, max_length, xla, pr
             shape_inputs = {s: iter(tf.data.Dataset.from_tensors(synthetic_batch(*s, names, rng)).repeat())
                             for s in sorted(plan.shapes())}
             shapes = [(int(r), int(p)) for r, p in zip(plan.examples, plan.pad_lengths[:, 0])]
-            contender = Contender(IDEAL, function, [shape_inputs[s] for s in shapes], shapes, plan.real_tokens)
+            contender = Contender(IDEAL, function, [shape_inputs[s] for s in shapes], shapes, plan.real_tokens,
+                                  shape_inputs)
         else:
             built = streams[padding] = stream_lib.stream(split, model, tokenizer, padding=padding, **stream_args)
             plan, spec, names = built.plan, built.dataset.element_spec, list(built.dataset.element_spec[0])
@@ -145,10 +153,11 @@ def measure_group(split, full_lengths, tokenizer, model_dir, max_length, xla, pr
                 for s in sorted(plan.shapes())}
             epoch = iter(built.dataset)   # starts prefetching while the model warms up
             shapes = [(int(r), int(p)) for r, p in zip(plan.examples, plan.pad_lengths[:, 0])]
-            contender = Contender(padding, function, [epoch] * plan.steps, shapes, plan.real_tokens)
-        log(f"  {padding}: compiling {len(shape_inputs)} shape(s), then {FLAGS.warmup_steps} warm-up steps")
-        warm_up(contender, shape_inputs)
+            contender = Contender(padding, function, [epoch] * plan.steps, shapes, plan.real_tokens, shape_inputs)
+        log(f"  {padding}: compiling {len(shape_inputs)} shape(s)")
+        compile_shapes(contender)
         contenders.append(contender)
+    warm_up(contenders)
     for turn, start in enumerate(range(0, steps, FLAGS.interleave)):   # rotate who goes first
         for contender in contenders[turn % len(contenders):] + contenders[:turn % len(contenders)]:
             for step in range(start, min(start + FLAGS.interleave, steps)):
