@@ -3,14 +3,13 @@
   trainer-evaluate --model_dir=RUN/export --data_dir=DATA --split=test
   trainer-evaluate --model_dir=RUN/export --input=testdata.manual.2009.06.14.csv --format=sentiment140
 """
-import json
 import os
 import tempfile
 
 import datasets
 import numpy as np
 
-from trainer import cli
+from trainer import cli, files
 from trainer import flags as trainer_flags
 from trainer.cli import UsageError
 from trainer.data import stream as stream_lib
@@ -76,16 +75,6 @@ def check_labels(data_labels: list[str], model_labels: list[str], where: str) ->
                          "prepare the data with the same label set (e.g. without --keep_neutral)")
 
 
-def write_json(path: str, obj) -> None:
-    """Write to a temporary file beside `path`, then rename: never a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(f.name, path)
-
-
 def _main(argv):
     del argv
     from trainer import hub, model as model_lib
@@ -115,7 +104,7 @@ def _main(argv):
                                  max_length=max_length, label_names=model_labels)
     print(format_table(metrics))
     if fv.output:
-        write_json(fv.output, metrics)
+        files.write_json(fv.output, metrics)
         print(f"wrote {fv.output}")
 
 

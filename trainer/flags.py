@@ -18,12 +18,15 @@ def _parse_splits(value: str) -> tuple[float, ...]:
     return parts
 
 
-def _valid_splits(value: str) -> bool:
-    try:
-        _parse_splits(value)
-        return True
-    except ValueError:
-        return False
+def _parses(parse):
+    """A validator: does `parse` accept the flag's value?"""
+    def check(value) -> bool:
+        try:
+            parse(value)
+            return True
+        except ValueError:
+            return False
+    return check
 
 
 def define_prepare_flags(fv: flags.FlagValues = FLAGS) -> None:
@@ -56,7 +59,7 @@ def define_prepare_flags(fv: flags.FlagValues = FLAGS) -> None:
                       flag_values=fv)
     for name in ("input", "output_dir", "model"):
         flags.mark_flag_as_required(name, flag_values=fv)
-    flags.register_validator("splits", _valid_splits, "--splits must be three fractions >= 0 summing to 1, "
+    flags.register_validator("splits", _parses(_parse_splits), "--splits must be three fractions >= 0 summing to 1, "
                              "e.g. 0.8,0.1,0.1", flag_values=fv)
     flags.register_multi_flags_validator(
         ["format", "text_column", "label_column"],
@@ -79,14 +82,6 @@ def _parse_profile_steps(value: str | None) -> tuple[int, int] | None:
     if not 1 <= start <= stop:
         raise ValueError(value)
     return start, stop
-
-
-def _valid_profile_steps(value: str | None) -> bool:
-    try:
-        _parse_profile_steps(value)
-        return True
-    except ValueError:
-        return False
 
 
 def define_train_flags(fv: flags.FlagValues = FLAGS) -> None:
@@ -142,7 +137,7 @@ def define_train_flags(fv: flags.FlagValues = FLAGS) -> None:
                       flag_values=fv)
     for name in ("data_dir", "model", "output_dir"):
         flags.mark_flag_as_required(name, flag_values=fv)
-    flags.register_validator("profile_steps", _valid_profile_steps, "--profile_steps must be START,STOP with "
+    flags.register_validator("profile_steps", _parses(_parse_profile_steps), "--profile_steps must be START,STOP with "
                              "1 <= START <= STOP, e.g. 10,15", flag_values=fv)
     flags.register_multi_flags_validator(
         ["freeze_encoder", "freeze_layers"], lambda f: not (f["freeze_encoder"] and f["freeze_layers"]),

@@ -4,7 +4,6 @@ For the offline demo and the tests: it loads through the same code as a real che
 Usage: python -m trainer.tiny_bert OUTPUT_DIR SENTIMENT140_CSV [VOCAB_SIZE]
 """
 import os
-import sys
 import tempfile
 
 import tokenizers

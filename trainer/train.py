@@ -28,7 +28,7 @@ import tf_keras
 import transformers
 from absl import logging
 
-from trainer import callbacks, cli, distribute, hub
+from trainer import callbacks, cli, distribute, files, hub
 from trainer import evaluate as evaluate_lib
 from trainer import flags as trainer_flags
 from trainer import model as model_lib
@@ -201,7 +201,7 @@ def run(config: TrainConfig) -> dict:
     if chief:
         stats["seconds"] = round(time.time() - start, 1)
         stats["config"] = dataclasses.asdict(config)
-        evaluate_lib.write_json(os.path.join(config.output_dir, METRICS), stats)
+        files.write_json(os.path.join(config.output_dir, METRICS), stats)
     return stats
 
 
@@ -221,13 +221,11 @@ def _split(data, name: str, data_dir: str):
 
 
 def _export(classifier, tokenizer, export_dir: str) -> None:
-    """save_pretrained model + tokenizer into a temporary directory, then rename into place."""
-    staged = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(export_dir))
+    """save_pretrained model + tokenizer, staged beside export_dir and renamed into place."""
+    staged = files.staging_dir(export_dir, ".export-")
     classifier.save_pretrained(staged)
     tokenizer.save_pretrained(staged)
-    if os.path.exists(export_dir):
-        shutil.rmtree(export_dir)
-    os.rename(staged, export_dir)
+    files.replace_dir(staged, export_dir)
 
 
 def _main(argv):

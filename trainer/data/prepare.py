@@ -9,14 +9,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 
 import datasets
 import numpy as np
 import pyarrow as pa
 
-from trainer import cli, hub
+from trainer import cli, files, hub
 from trainer import flags as trainer_flags
 from trainer.config import PrepareConfig
 from trainer.data import readers
@@ -74,10 +73,8 @@ def prepare(config: PrepareConfig) -> dict:
         raise cli.UsageError(f"{config.output_dir} already exists (prepared with other inputs or settings): "
                              "pass --overwrite to replace it, or another --output_dir")
 
-    parent = os.path.dirname(os.path.abspath(config.output_dir))
-    os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".prepare-work-", dir=parent)
-    staged = tempfile.mkdtemp(prefix=".prepare-", dir=parent)
+    work = files.staging_dir(config.output_dir, ".prepare-work-")
+    staged = files.staging_dir(config.output_dir, ".prepare-")
     try:
         stats = readers.ReadStats()
         names = label_names(config.keep_neutral)
@@ -119,9 +116,9 @@ def prepare(config: PrepareConfig) -> dict:
             },
             "seconds": round(time.time() - start, 1),
         }
-        _write_json(os.path.join(staged, MANIFEST), manifest)
+        files.write_json(os.path.join(staged, MANIFEST), manifest)
         del dataset, tokenized, raw
-        _move_into_place(staged, config.output_dir)
+        files.replace_dir(staged, config.output_dir)
         return manifest
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -202,26 +199,6 @@ def _read_manifest(output_dir: str) -> dict | None:
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def _write_json(path: str, obj) -> None:
-    """Write JSON next to its final place, then rename: never a half-written file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _move_into_place(staged: str, output_dir: str) -> None:
-    """Rename the finished directory into place; an old one is removed only after that."""
-    old = None
-    if os.path.exists(output_dir):
-        old = tempfile.mkdtemp(prefix=".prepare-old-", dir=os.path.dirname(os.path.abspath(output_dir)))
-        os.rename(output_dir, os.path.join(old, "previous"))
-    os.rename(staged, output_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _main(argv):
