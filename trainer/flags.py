@@ -102,7 +102,7 @@ def define_train_flags(fv: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_integer("epochs", 2, "Passes over the training split.", lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("max_steps", None, "Stop after this many optimizer steps in all.", lower_bound=1,
                          flag_values=fv)
-    flags.DEFINE_integer("max_train_examples", None, "Train on only the first N (already shuffled) training rows.",
+    flags.DEFINE_integer("max_train_examples", None, "Train on a random subset (seeded by --seed) of N training rows.",
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_float("learning_rate", 5e-5, "Peak learning rate of AdamW.", lower_bound=0.0, flag_values=fv)
     flags.DEFINE_float("warmup_ratio", 0.1, "Fraction of the steps spent warming the learning rate up "

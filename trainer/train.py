@@ -53,8 +53,9 @@ def run(config: TrainConfig) -> dict:
     manifest = prepare.load_manifest(config.data_dir)
     data = prepare.load(config.data_dir)
     train_split = _split(data, "train", config.data_dir)
-    if config.max_train_examples:
-        train_split = train_split.select(range(min(config.max_train_examples, len(train_split))))
+    if config.max_train_examples and config.max_train_examples < len(train_split):   # a seeded random subset
+        subset = np.random.default_rng(config.seed).choice(len(train_split), config.max_train_examples, replace=False)
+        train_split = train_split.select(np.sort(subset))
     label_names = train_split.features["label"].names
     model_dir = hub.resolve(config.model)
     tokenizer = hub.load_tokenizer(model_dir)

@@ -113,7 +113,7 @@ def plan_batches(lengths: np.ndarray, *, global_batch_size: int, padding: str, m
                          f"prepare it again with --max_length={max_length}, or raise --max_length")
     drop_remainder = drop_remainder or num_shards > 1   # every worker must run the same steps
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))
+    order = (rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))).astype(np.int32)
     if padding == "bucket":
         boundaries = boundaries or bucket_boundaries(lengths, pad_to_multiple_of=pad_to_multiple_of)
         if max(boundaries) < lengths.max(initial=0):
@@ -125,7 +125,7 @@ def plan_batches(lengths: np.ndarray, *, global_batch_size: int, padding: str, m
     steps -= start_step
     examples = np.minimum(global_batch_size, len(order) - np.arange(steps) * global_batch_size)
     # lengths laid out [steps, shards, rows per shard]; a partial last batch is padded with length 0
-    grid = np.zeros(steps * global_batch_size, dtype=np.int64)
+    grid = np.zeros(steps * global_batch_size, dtype=np.int32)
     grid[:len(order)] = lengths[order]
     grid = grid.reshape(steps, num_shards, global_batch_size // num_shards)
     longest = grid.max(axis=2)
@@ -136,7 +136,7 @@ def plan_batches(lengths: np.ndarray, *, global_batch_size: int, padding: str, m
     else:
         pad = np.asarray(boundaries)[np.searchsorted(boundaries, longest)]
     return BatchPlan(rows=order, global_batch_size=global_batch_size, num_shards=num_shards, pad_lengths=pad,
-                     real_tokens=grid.sum(axis=(1, 2)), examples=examples,
+                     real_tokens=grid.sum(axis=(1, 2), dtype=np.int64), examples=examples,
                      boundaries=tuple(int(b) for b in boundaries) if padding == "bucket" else None)
 
 
