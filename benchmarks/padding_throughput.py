@@ -10,10 +10,12 @@ each from the same seed and compiled as trainer.train does. Every mode trains on
 --steps x --global_batch_size training rows through `stream(...)` with the model's own Keras train
 function (what `fit` calls), one step per call, timed until the loss is back. The ideal replays the
 bucket epoch's (rows, length) shapes, in its order, from synthetic `from_tensors(...).repeat()` tensors:
-no input pipeline. Before timing, each model runs every batch shape once (trace + compile, reported as
-compile_seconds) and --warmup_steps more; then the modes take turns, --interleave steps each, so they
-share the machine's background noise. The input pipeline alone is timed afterwards, with no model step.
-Writes results.json, results.md and throughput.png to --output_dir; asserts nothing.
+no input pipeline. Before timing, each model runs every batch shape of its epoch once on synthetic
+tensors (trace + compile, reported as compile_seconds), then, once all are built, --warmup_steps more;
+then the modes take turns, --interleave steps each, so they share the machine's background noise
+(examples/s = examples / summed step time; medians and p90 beside it). The input pipeline alone is
+timed afterwards, with no model step. Writes results.json (with every step's time), results.md and
+throughput.png to --output_dir and prints PASS/MISS per target of the issue; asserts nothing.
 """
 import dataclasses
 import itertools
@@ -36,7 +38,8 @@ from trainer.config import PrepareConfig, TrainConfig
 from trainer.data import prepare, readers
 from trainer.data import stream as stream_lib
 
-flags.DEFINE_string("model", "/work/shared/models/all-MiniLM-L6-v2", "Checkpoint directory (its tokenizer is always used).")
+flags.DEFINE_string("model", "/work/shared/models/all-MiniLM-L6-v2",
+                    "Checkpoint directory or hub id (its tokenizer is used even with --model_size).")
 flags.DEFINE_enum("model_size", None, ["tiny", "mini", "small", "base"],
                   "Instead of the checkpoint's weights, a randomly initialised BERT of this size.")
 flags.DEFINE_string("source", "/work/shared/data/sentiment140_sample.csv", "Sentiment140 CSV to prepare.")
@@ -124,58 +127,69 @@ def warm_up(contenders: list[Contender]) -> None:
             timed_step(contender.train_function, iterator)
 
 
+def epoch_shapes(plan: stream_lib.BatchPlan) -> list[tuple[int, int]]:
+    return [(int(rows), int(length)) for rows, length in zip(plan.examples, plan.pad_lengths[:, 0])]
+
+
+def stream_contender(padding, model, split, tokenizer, stream_args, rng) -> tuple[Contender, stream_lib.Stream]:
+    """A padding mode: one epoch of `split` through stream(), read by the train function as `fit` reads it."""
+    built = stream_lib.stream(split, model, tokenizer, padding=padding, **stream_args)
+    spec, names = built.dataset.element_spec, list(built.dataset.element_spec[0])
+    # synthetic batches with the stream's own element spec: the trace (and XLA executables) made for them are
+    # the ones the stream's batches then use
+    shape_inputs = {s: iter(tf.data.Dataset.from_generator(
+        lambda s=s: itertools.repeat(synthetic_batch(*s, names, rng)), output_signature=spec))
+        for s in sorted(built.plan.shapes())}
+    epoch = iter(built.dataset)
+    return Contender(padding, model.make_train_function(), [epoch] * built.plan.steps, epoch_shapes(built.plan),
+                     built.plan.real_tokens, shape_inputs), built
+
+
+def ideal_contender(model, bucket: stream_lib.Stream, rng) -> Contender:
+    """The bucket epoch's shapes, in its order, as pre-built tensors: no input pipeline."""
+    names = list(bucket.dataset.element_spec[0])
+    shape_inputs = {s: iter(tf.data.Dataset.from_tensors(synthetic_batch(*s, names, rng)).repeat())
+                    for s in sorted(bucket.plan.shapes())}
+    shapes = epoch_shapes(bucket.plan)
+    return Contender(IDEAL, model.make_train_function(), [shape_inputs[s] for s in shapes], shapes,
+                     bucket.plan.real_tokens, shape_inputs)
+
+
 def measure_group(split, full_lengths, tokenizer, model_dir, max_length, xla, precision) -> list[dict]:
     """All padding modes and the ideal at one (max_length, xla, precision): one result row each."""
     tf_keras.backend.clear_session()
     tf_keras.mixed_precision.set_global_policy(model_lib.KERAS_POLICY[precision])
-    batch, steps, rng = FLAGS.global_batch_size, FLAGS.steps, np.random.default_rng(FLAGS.seed)
+    rng = np.random.default_rng(FLAGS.seed)
     boundaries = stream_lib.bucket_boundaries(full_lengths)   # those of a training run on the whole split
-    stream_args = dict(global_batch_size=batch, max_length=max_length, bucket_boundaries=boundaries, shuffle=True,
+    stream_args = dict(global_batch_size=FLAGS.global_batch_size, max_length=max_length, shuffle=True,
                        seed=FLAGS.seed, drop_remainder=True)
-    contenders, streams, models = [], {}, {}
+    contenders, models, streams = [], {}, {}
     for padding in (*stream_lib.PADDINGS, IDEAL):
-        model = models[padding] = build_model(tokenizer, model_dir, 2 * steps + FLAGS.warmup_steps, xla)
-        function = model.make_train_function()
-        if padding == IDEAL:        # the bucket epoch's shapes, in its order, with no input pipeline
-            plan = streams["bucket"].plan
-            names = list(streams["bucket"].dataset.element_spec[0])
-            shape_inputs = {s: iter(tf.data.Dataset.from_tensors(synthetic_batch(*s, names, rng)).repeat())
-                            for s in sorted(plan.shapes())}
-            shapes = [(int(r), int(p)) for r, p in zip(plan.examples, plan.pad_lengths[:, 0])]
-            contender = Contender(IDEAL, function, [shape_inputs[s] for s in shapes], shapes, plan.real_tokens,
-                                  shape_inputs)
+        model = models[padding] = build_model(tokenizer, model_dir, 2 * FLAGS.steps + FLAGS.warmup_steps, xla)
+        if padding == IDEAL:
+            contender = ideal_contender(model, streams["bucket"], rng)
         else:
-            built = streams[padding] = stream_lib.stream(split, model, tokenizer, padding=padding, **stream_args)
-            plan, spec, names = built.plan, built.dataset.element_spec, list(built.dataset.element_spec[0])
-            # the stream's own element spec: train_function reuses the trace (and XLA executables) it compiles here
-            shape_inputs = {s: iter(tf.data.Dataset.from_generator(
-                lambda s=s: itertools.repeat(synthetic_batch(*s, names, rng)), output_signature=spec))
-                for s in sorted(plan.shapes())}
-            epoch = iter(built.dataset)   # starts prefetching while the model warms up
-            shapes = [(int(r), int(p)) for r, p in zip(plan.examples, plan.pad_lengths[:, 0])]
-            contender = Contender(padding, function, [epoch] * plan.steps, shapes, plan.real_tokens, shape_inputs)
-        log(f"  {padding}: compiling {len(shape_inputs)} shape(s)")
+            contender, streams[padding] = stream_contender(padding, model, split, tokenizer,
+                                                           stream_args | {"bucket_boundaries": boundaries}, rng)
+        log(f"  {padding}: compiling {len(contender.shape_inputs)} shape(s)")
         compile_shapes(contender)
         contenders.append(contender)
     warm_up(contenders)
-    for turn, start in enumerate(range(0, steps, FLAGS.interleave)):   # rotate who goes first
-        for contender in contenders[turn % len(contenders):] + contenders[:turn % len(contenders)]:
-            for step in range(start, min(start + FLAGS.interleave, steps)):
+    for turn, start in enumerate(range(0, FLAGS.steps, FLAGS.interleave)):
+        for contender in contenders[turn % 4:] + contenders[:turn % 4]:   # who goes first rotates
+            for step in range(start, min(start + FLAGS.interleave, FLAGS.steps)):
                 contender.seconds.append(timed_step(contender.train_function, contender.inputs[step]))
-        log(f"  timed {min(start + FLAGS.interleave, steps)}/{steps} steps of each mode")
-    pipeline = {padding: pipeline_examples_per_sec(split, models[padding], tokenizer, padding, stream_args)
+        log(f"  timed {min(start + FLAGS.interleave, FLAGS.steps)}/{FLAGS.steps} steps of each mode")
+    pipeline = {padding: pipeline_examples_per_sec(split, models[padding], tokenizer, padding,
+                                                   stream_args | {"bucket_boundaries": boundaries})
                 for padding in stream_lib.PADDINGS}
-    traces = {c.padding: c.train_function.experimental_get_tracing_count() for c in contenders}
-    rows = [result_row(c, max_length, xla, precision, pipeline.get(c.padding)) | {"traces": traces[c.padding]}
-            for c in contenders]
+    rows = [result_row(c, max_length, xla, precision, pipeline.get(c.padding)) for c in contenders]
     by_padding = {row["padding"]: row for row in rows}
     for row in rows:
         row["speedup_vs_full"] = round(row["examples_per_sec"] / by_padding["max_length"]["examples_per_sec"], 3)
         row["fraction_of_ideal"] = round(row["examples_per_sec"] / by_padding[IDEAL]["examples_per_sec"], 3)
-    full_epoch = stream_lib.plan_batches(full_lengths, padding="bucket", **{
-        k: v for k, v in stream_args.items() if k != "bucket_boundaries"}, boundaries=boundaries)
-    by_padding["bucket"]["train_epoch_padding_efficiency"] = round(full_epoch.padding_efficiency, 3)
-    del contenders, models, streams
+    whole_epoch = stream_lib.plan_batches(full_lengths, padding="bucket", boundaries=boundaries, **stream_args)
+    by_padding["bucket"]["train_epoch_padding_efficiency"] = round(whole_epoch.padding_efficiency, 3)
     return rows
 
 
@@ -212,7 +226,8 @@ def result_row(c: Contender, max_length, xla, precision, pipeline_rate) -> dict:
             "mean_padded_length": round(padded / examples, 1),
             "pipeline_examples_per_sec": round(pipeline_rate, 1) if pipeline_rate else None,
             "pipeline_headroom": round(pipeline_rate / rate, 1) if pipeline_rate else None,
-            "step_ms": [round(1000 * t) for t in c.seconds], "step_lengths": [length for _, length in c.shapes[:steps]]}
+            "traces": c.train_function.experimental_get_tracing_count(),
+            "step_ms": [round(1000 * t) for t in c.seconds], "step_lengths": [n for _, n in c.shapes[:steps]]}
 
 
 def check_targets(rows: list[dict]) -> list[dict]:
@@ -261,7 +276,8 @@ def text_report(rows, targets) -> str:
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in table]
     lines += ["", f"{'target':<58} {'measured':<40} {'goal':<14} result"]
-    lines += [f"{t['target']:<58} {t['measured']:<40} {t['goal']:<14} {'PASS' if t['met'] else 'MISS'}" for t in targets]
+    lines += [f"{t['target']:<58} {t['measured']:<40} {t['goal']:<14} {'PASS' if t['met'] else 'MISS'}"
+              for t in targets]
     return "\n".join(lines)
 
 
@@ -287,7 +303,8 @@ def bar_chart(rows, path: str) -> None:
         ax.bar(np.arange(len(groups)) + (i - 1.5) * 0.2, values, 0.2, label=padding)
     ax.set_xticks(np.arange(len(groups)), [f"L={g[0]}\nxla={'on' if g[1] else 'off'} {g[2]}" for g in groups])
     ax.set_ylabel("training examples / s")
-    ax.set_title(f"Padding modes, global batch {FLAGS.global_batch_size}, {FLAGS.model_size or os.path.basename(FLAGS.model)}")
+    model = FLAGS.model_size or os.path.basename(os.path.normpath(FLAGS.model))
+    ax.set_title(f"Padding modes, {model}, global batch {FLAGS.global_batch_size}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -306,7 +323,9 @@ def prepared_train_split(max_length: int, model_dir: str):
 def _main(argv):
     del argv
     datasets.disable_progress_bars()
-    xla_settings = [{"true": True, "false": False}[x.lower()] for x in FLAGS.xla]
+    if any(x.lower() not in ("true", "false") for x in FLAGS.xla):
+        raise cli.UsageError(f"--xla takes true and/or false, not {','.join(FLAGS.xla)}")
+    xla_settings = [x.lower() == "true" for x in FLAGS.xla]
     if any(p not in model_lib.KERAS_POLICY for p in FLAGS.precisions):
         raise cli.UsageError(f"--precisions takes {', '.join(model_lib.KERAS_POLICY)}")
     model_dir = hub.resolve(FLAGS.model)
@@ -317,8 +336,8 @@ def _main(argv):
     rows, start = [], time.time()
     for max_length in map(int, FLAGS.max_lengths):
         full_split = prepared_train_split(max_length, model_dir)
-        subset_rows = np.random.default_rng(FLAGS.seed).permutation(len(full_split))[:FLAGS.steps * FLAGS.global_batch_size]
-        split, full_lengths = full_split.select(np.sort(subset_rows)), stream_lib.lengths_of(full_split)
+        used = np.random.default_rng(FLAGS.seed).permutation(len(full_split))[:FLAGS.steps * FLAGS.global_batch_size]
+        split, full_lengths = full_split.select(np.sort(used)), stream_lib.lengths_of(full_split)
         for precision, xla in itertools.product(FLAGS.precisions, xla_settings):
             log(f"max_length={max_length} xla={xla} precision={precision}")
             rows += measure_group(split, full_lengths, tokenizer, model_dir, max_length, xla, precision)

@@ -156,9 +156,12 @@ def run(config: TrainConfig) -> dict:
                                .astype(np.int64).tobytes())
             efficiency.append((epoch_stream.plan.real_tokens[:steps].sum(),
                                epoch_stream.plan.padded_tokens[:steps].sum()))
-            if config.xla and len(epoch_stream.plan.shapes()) > 16:
+            epoch_shapes = len(epoch_stream.plan.shapes())
+            logging.info("epoch %d: %d steps from step %d, %d distinct batch shapes, padding efficiency %.3f",
+                         epoch + 1, steps, start_step, epoch_shapes, epoch_stream.plan.padding_efficiency)
+            if config.xla and epoch_shapes > 16:
                 logging.warning("XLA compiles once per batch shape and this epoch has %d: use --padding=bucket or "
-                                "--pad_to_multiple_of", len(epoch_stream.plan.shapes()))
+                                "--pad_to_multiple_of", epoch_shapes)
             for callback in epoch_aware:
                 callback.start_epoch(epoch_stream.plan, global_step)
             fit_start = time.time()
