@@ -117,3 +117,10 @@ def test_finished_run_is_not_overwritten(one_device_run, small_prepared, tiny_mo
 def test_tokenizer_must_match_the_data(tmp_path, prepared_sample, tiny_model_dir):
     with pytest.raises(UsageError, match="tokenizer differs.*prepare the data with --model"):
         train.run(train_config(prepared_sample, tiny_model_dir, tmp_path / "run"))
+
+
+def test_overwrite_output_dir_keeps_the_old_run_when_the_new_one_is_refused(one_device_run, tiny_model_dir):
+    out, _ = one_device_run
+    with pytest.raises(UsageError, match="is not a prepared dataset"):
+        train.run(train_config(str(out / "logs"), tiny_model_dir, out, overwrite_output_dir=True))
+    assert (out / "metrics.json").exists() and (out / "export" / "tf_model.h5").exists()

@@ -43,11 +43,10 @@ METRICS = "metrics.json"
 def run(config: TrainConfig) -> dict:
     """Train, evaluate on the test split, export; return the stats also written to metrics.json."""
     start = time.time()
-    if os.path.exists(os.path.join(config.output_dir, METRICS)):
-        if not config.overwrite_output_dir:
-            raise UsageError(f"{config.output_dir} holds a finished run (metrics.json): pass "
-                             "--overwrite_output_dir to start afresh, or another --output_dir")
-        shutil.rmtree(config.output_dir)
+    finished = os.path.exists(os.path.join(config.output_dir, METRICS))
+    if finished and not config.overwrite_output_dir:
+        raise UsageError(f"{config.output_dir} holds a finished run (metrics.json): pass "
+                         "--overwrite_output_dir to start afresh, or another --output_dir")
     strategy = distribute.resolve_strategy(config.strategy, config.tpu, config.num_gpus)
     tf_keras.utils.set_random_seed(config.seed)
     manifest = prepare.load_manifest(config.data_dir)
@@ -106,6 +105,8 @@ def run(config: TrainConfig) -> dict:
                            metrics=[tf_keras.metrics.SparseCategoricalAccuracy("accuracy")],
                            jit_compile=config.xla, steps_per_execution=config.steps_per_execution)
         checkpoint = tf.train.Checkpoint(model=classifier, optimizer=classifier.optimizer)
+    if finished:      # --overwrite_output_dir, and every input checked: only now remove the old run
+        shutil.rmtree(config.output_dir)
     checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
     latest = tf.train.latest_checkpoint(checkpoint_dir)
     if latest:
@@ -123,16 +124,14 @@ def run(config: TrainConfig) -> dict:
                                        config.log_every_steps, enabled=chief)
     saver = callbacks.Checkpoint(manager, config.checkpoint_every_steps, is_chief=chief)
     nan_guard = callbacks.StopOnNonFiniteLoss(lambda: tf.train.latest_checkpoint(checkpoint_dir))
-    epoch_aware = [nan_guard, step_logger, saver]
     keras_callbacks = [nan_guard, step_logger, saver]       # the guard first: nothing saves NaN weights
     if chief:
         keras_callbacks += [tf_keras.callbacks.TensorBoard(logs, update_freq="epoch", profile_batch=0,
                                                            write_graph=False),
                             tf_keras.callbacks.CSVLogger(os.path.join(config.output_dir, "epochs.csv"), append=True)]
         if config.profile_steps:
-            profiler = callbacks.Profile(os.path.join(logs, "train"), *config.profile_steps)
-            epoch_aware.append(profiler)
-            keras_callbacks.append(profiler)
+            keras_callbacks.append(callbacks.Profile(os.path.join(logs, "train"), *config.profile_steps))
+    epoch_aware = [c for c in keras_callbacks if isinstance(c, callbacks.EpochAware)]
     validation, validation_steps = None, None
     if "validation" in data and len(data["validation"]):
         validation_stream = stream_lib.stream(
