@@ -1,1 +1,8 @@
-"""Benchmarks: scripts that print measured numbers (time, memory); they assert nothing."""
+"""Measurements that print ratios from one run; never assertions on time."""
+import os
+
+# ../shared beside the project (CI has it there): the 20,000-tweet sample and all-MiniLM-L6-v2.
+SHARED = os.environ.get("SHARED_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                   "..", "shared"))
+SAMPLE_CSV = os.path.join(SHARED, "data", "sentiment140_sample.csv")
+MINILM = os.path.join(SHARED, "models", "all-MiniLM-L6-v2")

@@ -2,7 +2,7 @@
 
 Run from the project root (it must be on sys.path; `import trainer` comes from the editable install):
 
-    cd /work/main && .venv/bin/python -m benchmarks.data_scale [--rows=1600000] [--num_proc=2]
+    .venv/bin/python -m benchmarks.data_scale [--rows=1600000] [--num_proc=2]
 
 The shared 20,000-row sample is replicated to --rows rows under --work_dir, in Sentiment140's own
 format. Each measured step runs in a fresh "spawn" child process while this process polls psutil
@@ -19,11 +19,13 @@ import time
 import psutil
 from absl import app, flags
 
+from benchmarks import MINILM, SAMPLE_CSV
+
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS, inherited by the children)
 
 flags.DEFINE_integer("rows", 1_600_000, "Rows of the replicated data set (the full Sentiment140 has 1.6M).")
-flags.DEFINE_string("sample", "/work/shared/data/sentiment140_sample.csv", "Sentiment140 rows to replicate.")
-flags.DEFINE_string("model", "/work/shared/models/all-MiniLM-L6-v2", "Model directory: tokenizer and config.")
+flags.DEFINE_string("sample", SAMPLE_CSV, "Sentiment140 rows to replicate.")
+flags.DEFINE_string("model", MINILM, "Model directory: tokenizer and config.")
 flags.DEFINE_string("work_dir", "/tmp/data_scale", "Scratch directory for the replicated CSV and prepared data.")
 flags.DEFINE_string("output", "/tmp/data_scale.json", "Where to write every measured number as JSON.")
 flags.DEFINE_integer("num_proc", None, "PrepareConfig.num_proc for tokenization (default: prepare's own).")

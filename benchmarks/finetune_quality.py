@@ -11,14 +11,15 @@ import time
 
 from absl import app, flags
 
+from benchmarks import MINILM, SAMPLE_CSV
+
 import trainer  # noqa: F401  (Keras 2 for transformers, before TensorFlow)
 from trainer import train
 from trainer.config import PrepareConfig, TrainConfig
 from trainer.data import prepare, readers
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared")
-_DATA = flags.DEFINE_string("data", os.path.join(SHARED, "data", "sentiment140_sample.csv"), "Sentiment140 CSV.")
-_MODEL = flags.DEFINE_string("model", os.path.join(SHARED, "models", "all-MiniLM-L6-v2"), "Pretrained model.")
+_DATA = flags.DEFINE_string("data", SAMPLE_CSV, "Sentiment140 CSV.")
+_MODEL = flags.DEFINE_string("model", MINILM, "Pretrained model.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/quality", "Prepared data and the training run go here.")
 _EPOCHS = flags.DEFINE_integer("epochs", 2, "Epochs.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 5e-5, "Peak learning rate.")

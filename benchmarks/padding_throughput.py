@@ -2,7 +2,7 @@
 
 Run from the project root (it must be on sys.path; `import trainer` comes from the editable install):
 
-    cd /work/main && .venv/bin/python -m benchmarks.padding_throughput [--steps=20] [--xla=false,true] \
+    .venv/bin/python -m benchmarks.padding_throughput [--steps=20] [--xla=false,true] \
         [--precisions=none,bf16] [--model_size=base] [--output_dir=/tmp/padding_throughput/report]
 
 Per (max_length, xla, precision) it builds one classifier per padding mode, plus one for the ideal,
@@ -17,6 +17,7 @@ then the modes take turns, --interleave steps each, so they share the machine's 
 timed afterwards, with no model step. Writes results.json (with every step's time), results.md and
 throughput.png to --output_dir and prints PASS/MISS per target of the issue; asserts nothing.
 """
+import collections
 import dataclasses
 import itertools
 import json
@@ -25,6 +26,8 @@ import time
 
 import numpy as np
 from absl import flags
+
+from benchmarks import MINILM, SAMPLE_CSV
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS, before TensorFlow is imported)
 import datasets
@@ -38,11 +41,11 @@ from trainer.config import PrepareConfig, TrainConfig
 from trainer.data import prepare, readers
 from trainer.data import stream as stream_lib
 
-flags.DEFINE_string("model", "/work/shared/models/all-MiniLM-L6-v2",
+flags.DEFINE_string("model", MINILM,
                     "Checkpoint directory or hub id (its tokenizer is used even with --model_size).")
 flags.DEFINE_enum("model_size", None, ["tiny", "mini", "small", "base"],
                   "Instead of the checkpoint's weights, a randomly initialised BERT of this size.")
-flags.DEFINE_string("source", "/work/shared/data/sentiment140_sample.csv", "Sentiment140 CSV to prepare.")
+flags.DEFINE_string("source", SAMPLE_CSV, "Sentiment140 CSV to prepare.")
 flags.DEFINE_string("data_dir", None, "An already prepared dataset to use for every max_length instead of --source.")
 flags.DEFINE_string("work_dir", "/tmp/padding_throughput/data", "Where --source is prepared (reused when unchanged).")
 flags.DEFINE_string("output_dir", "/tmp/padding_throughput/report", "Where results.json/.md and throughput.png go.")
@@ -52,7 +55,7 @@ flags.DEFINE_list("precisions", ["none"], "Precisions to run: none, fp16, bf16."
 flags.DEFINE_integer("global_batch_size", 32, "Rows per training step.")
 flags.DEFINE_integer("steps", 20, "Timed steps per mode: the epoch of --steps x --global_batch_size rows.")
 flags.DEFINE_integer("warmup_steps", 2, "Untimed steps per mode after every mode's compile pass.")
-flags.DEFINE_integer("interleave", 2, "Timed steps a mode runs before the next mode takes its turn.")
+flags.DEFINE_integer("interleave", 1, "Timed steps a mode runs before the next mode takes its turn.")
 flags.DEFINE_integer("pipeline_epochs", 5, "Epochs of the stream iterated (no model) to time the input pipeline.")
 flags.DEFINE_integer("seed", 0, "Seed for the row subset, the stream's shuffle and the model's new head.")
 FLAGS = flags.FLAGS
@@ -131,15 +134,27 @@ def epoch_shapes(plan: stream_lib.BatchPlan) -> list[tuple[int, int]]:
     return [(int(rows), int(length)) for rows, length in zip(plan.examples, plan.pad_lengths[:, 0])]
 
 
+def endless(dataset: tf.data.Dataset) -> tf.data.Iterator:
+    """An iterator over dataset.repeat() without tf.data autotuning: deleting an autotuned iterator that has
+    lived a minute or more can block for up to a minute (measured: 52 s), waiting for its tuning thread."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return iter(dataset.repeat().with_options(options))
+
+
+def relaxed_repeat(batch, spec) -> tf.data.Iterator:
+    """`batch` again and again, with the stream's element spec (length None): the trace (and XLA executables)
+    made for it are the ones the stream's batches then use."""
+    padded_shapes = ({name: spec[0][name].shape[1:] for name in batch[0]}, [])
+    return endless(tf.data.Dataset.from_tensor_slices(batch).padded_batch(spec[1].shape[0], padded_shapes,
+                                                                          drop_remainder=True))
+
+
 def stream_contender(padding, model, split, tokenizer, stream_args, rng) -> tuple[Contender, stream_lib.Stream]:
     """A padding mode: one epoch of `split` through stream(), read by the train function as `fit` reads it."""
     built = stream_lib.stream(split, model, tokenizer, padding=padding, **stream_args)
     spec, names = built.dataset.element_spec, list(built.dataset.element_spec[0])
-    # synthetic batches with the stream's own element spec: the trace (and XLA executables) made for them are
-    # the ones the stream's batches then use
-    shape_inputs = {s: iter(tf.data.Dataset.from_generator(
-        lambda s=s: itertools.repeat(synthetic_batch(*s, names, rng)), output_signature=spec))
-        for s in sorted(built.plan.shapes())}
+    shape_inputs = {s: relaxed_repeat(synthetic_batch(*s, names, rng), spec) for s in sorted(built.plan.shapes())}
     epoch = iter(built.dataset)
     return Contender(padding, model.make_train_function(), [epoch] * built.plan.steps, epoch_shapes(built.plan),
                      built.plan.real_tokens, shape_inputs), built
@@ -148,7 +163,7 @@ def stream_contender(padding, model, split, tokenizer, stream_args, rng) -> tupl
 def ideal_contender(model, bucket: stream_lib.Stream, rng) -> Contender:
     """The bucket epoch's shapes, in its order, as pre-built tensors: no input pipeline."""
     names = list(bucket.dataset.element_spec[0])
-    shape_inputs = {s: iter(tf.data.Dataset.from_tensors(synthetic_batch(*s, names, rng)).repeat())
+    shape_inputs = {s: endless(tf.data.Dataset.from_tensors(synthetic_batch(*s, names, rng)))
                     for s in sorted(bucket.plan.shapes())}
     shapes = epoch_shapes(bucket.plan)
     return Contender(IDEAL, model.make_train_function(), [shape_inputs[s] for s in shapes], shapes,
@@ -180,6 +195,11 @@ def measure_group(split, full_lengths, tokenizer, model_dir, max_length, xla, pr
             for step in range(start, min(start + FLAGS.interleave, FLAGS.steps)):
                 contender.seconds.append(timed_step(contender.train_function, contender.inputs[step]))
         log(f"  timed {min(start + FLAGS.interleave, FLAGS.steps)}/{FLAGS.steps} steps of each mode")
+    start = time.perf_counter()
+    for contender in contenders[:-1]:   # end the epochs and free their iterators: like any autotuned tf.data
+        collections.deque(contender.inputs[-1], maxlen=0)   # iterator, one can take up to a minute to delete
+        contender.inputs = None
+    log(f"  released the streams' iterators in {time.perf_counter() - start:.0f} s; input pipeline alone")
     pipeline = {padding: pipeline_examples_per_sec(split, models[padding], tokenizer, padding,
                                                    stream_args | {"bucket_boundaries": boundaries})
                 for padding in stream_lib.PADDINGS}
@@ -335,11 +355,12 @@ def _main(argv):
     settings.update(cpu_count=os.cpu_count(), load_average_at_start=[round(x, 2) for x in os.getloadavg()])
     rows, start = [], time.time()
     for max_length in map(int, FLAGS.max_lengths):
+        log(f"preparing {FLAGS.data_dir or FLAGS.source} at max_length={max_length}")
         full_split = prepared_train_split(max_length, model_dir)
         used = np.random.default_rng(FLAGS.seed).permutation(len(full_split))[:FLAGS.steps * FLAGS.global_batch_size]
         split, full_lengths = full_split.select(np.sort(used)), stream_lib.lengths_of(full_split)
         for precision, xla in itertools.product(FLAGS.precisions, xla_settings):
-            log(f"max_length={max_length} xla={xla} precision={precision}")
+            log(f"max_length={max_length} xla={xla} precision={precision}: {len(split)} of {len(full_split)} rows")
             rows += measure_group(split, full_lengths, tokenizer, model_dir, max_length, xla, precision)
     settings.update(load_average_at_end=[round(x, 2) for x in os.getloadavg()], seconds=round(time.time() - start))
     targets = check_targets(rows)

@@ -90,3 +90,10 @@ def test_evaluate_needs_exactly_one_source():
         parse(trainer_flags.define_evaluate_flags, ["--model_dir=x"])
     with pytest.raises(flags.Error, match="exactly one of --data_dir"):
         parse(trainer_flags.define_evaluate_flags, ["--model_dir=x", "--data_dir=d", "--input=f"])
+
+
+def test_help_lists_flags_with_their_help_text():
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "trainer.train", "--helpshort"], capture_output=True, text=True)
+    assert "--per_replica_batch_size: Examples per replica per step" in result.stdout + result.stderr

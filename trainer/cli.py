@@ -3,7 +3,7 @@ import logging as std_logging
 import sys
 from typing import Callable, Sequence
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 
 class UsageError(Exception):
@@ -23,6 +23,9 @@ def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None
     Unlike absl.app.run, a flag error or a UsageError ends in a single line and exit status 2.
     """
     argv = list(sys.argv if argv is None else argv)
+    app.define_help_flags()   # --help, --helpshort, --helpfull print the flags and their help text
+    for flag in flags.FLAGS.get_flags_for_module("trainer.flags"):   # list the command's flags under --help
+        flags.FLAGS.register_key_flag_for_module(argv[0], flag)
     try:
         remaining = flags.FLAGS(argv)
     except flags.Error as e:
