@@ -24,8 +24,10 @@ def run(main: Callable[[Sequence[str]], None], argv: Sequence[str] | None = None
     """
     argv = list(sys.argv if argv is None else argv)
     app.define_help_flags()   # --help, --helpshort, --helpfull print the flags and their help text
-    for flag in flags.FLAGS.get_flags_for_module("trainer.flags"):   # list the command's flags under --help
-        flags.FLAGS.register_key_flag_for_module(argv[0], flag)
+    for module, module_flags in flags.FLAGS.flags_by_module_dict().items():   # list our flags under --help
+        if module.startswith(("trainer", "benchmarks")) or module == "__main__":
+            for flag in module_flags:
+                flags.FLAGS.register_key_flag_for_module(argv[0], flag)
     try:
         remaining = flags.FLAGS(argv)
     except flags.Error as e:
