@@ -2,8 +2,9 @@
 
 Run from the project root (it must be on sys.path; `import trainer` comes from the editable install):
 
-    .venv/bin/python -m benchmarks.padding_throughput [--steps=20] [--xla=false,true] \
-        [--precisions=none,bf16] [--model_size=base] [--output_dir=/tmp/padding_throughput/report]
+    .venv/bin/python -m benchmarks.padding_throughput
+
+e.g. with --steps=40 --xla=false,true --precisions=none,bf16 --model_size=base --output_dir=DIR.
 
 Per (max_length, xla, precision) it builds one classifier per padding mode, plus one for the ideal,
 each from the same seed and compiled as trainer.train does. Every mode trains one epoch of the same
@@ -194,7 +195,9 @@ def measure_group(split, full_lengths, tokenizer, model_dir, max_length, xla, pr
         for contender in contenders[turn % 4:] + contenders[:turn % 4]:   # who goes first rotates
             for step in range(start, min(start + FLAGS.interleave, FLAGS.steps)):
                 contender.seconds.append(timed_step(contender.train_function, contender.inputs[step]))
-        log(f"  timed {min(start + FLAGS.interleave, FLAGS.steps)}/{FLAGS.steps} steps of each mode")
+        done = min(start + FLAGS.interleave, FLAGS.steps)
+        if done == FLAGS.steps or done // 5 > start // 5:
+            log(f"  timed {done}/{FLAGS.steps} steps of each mode")
     start = time.perf_counter()
     for contender in contenders[:-1]:   # end the epochs and free their iterators: like any autotuned tf.data
         collections.deque(contender.inputs[-1], maxlen=0)   # iterator, one can take up to a minute to delete

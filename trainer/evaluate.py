@@ -79,14 +79,14 @@ def _main(argv):
     del argv
     from trainer import hub, model as model_lib
     from trainer.config import PrepareConfig
-    from trainer.data import prepare, readers
+    from trainer.data import prepare
     fv = trainer_flags.FLAGS
     classifier = model_lib.load_export(fv.model_dir)
     tokenizer = hub.load_tokenizer(fv.model_dir)
     model_labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
     with tempfile.TemporaryDirectory() as tmp:
         if fv.input:
-            source = readers.Source(fv.input, fv.format, fv.text_column, fv.label_column, fv.encoding)
+            source = trainer_flags.source_from_flags(fv)
             max_length = min(fv.max_length, hub.max_positions(classifier.config) or fv.max_length)
             manifest = prepare.prepare(PrepareConfig(source=source, output_dir=os.path.join(tmp, "data"),
                                                      model=fv.model_dir, max_length=max_length, split_name=fv.split))

@@ -29,9 +29,9 @@ def _parses(parse):
     return check
 
 
-def define_prepare_flags(fv: flags.FlagValues = FLAGS) -> None:
-    flags.DEFINE_string("input", None, "Raw data file: Sentiment140 CSV, or a CSV/TSV/JSONL of text + label.",
-                        flag_values=fv)
+def _define_source_flags(fv: flags.FlagValues, input_help: str) -> None:
+    """--input and how to read it (prepare, and evaluate on a raw file)."""
+    flags.DEFINE_string("input", None, input_help, flag_values=fv)
     flags.DEFINE_enum("format", "sentiment140", readers.FORMATS,
                       "Input format. sentiment140: no header, 6 columns, latin-1, labels 0/2/4.", flag_values=fv)
     flags.DEFINE_string("text_column", None, "csv/tsv/jsonl: the text column, by header name or 0-based position.",
@@ -40,6 +40,15 @@ def define_prepare_flags(fv: flags.FlagValues = FLAGS) -> None:
                         "header name or 0-based position.", flag_values=fv)
     flags.DEFINE_string("encoding", None, "Text encoding of --input. Default: latin-1 for sentiment140, else utf-8.",
                         flag_values=fv)
+
+
+def source_from_flags(fv: flags.FlagValues = FLAGS) -> readers.Source:
+    return readers.Source(path=fv.input, format=fv.format, text_column=fv.text_column,
+                          label_column=fv.label_column, encoding=fv.encoding)
+
+
+def define_prepare_flags(fv: flags.FlagValues = FLAGS) -> None:
+    _define_source_flags(fv, "Raw data file: Sentiment140 CSV, or a CSV/TSV/JSONL of text + label.")
     flags.DEFINE_string("output_dir", None, "Where to write the prepared DatasetDict and manifest.json.",
                         flag_values=fv)
     flags.DEFINE_string("model", None, "Model whose tokenizer to use: a hub id or a local directory.",
@@ -68,9 +77,7 @@ def define_prepare_flags(fv: flags.FlagValues = FLAGS) -> None:
 
 
 def prepare_config(fv: flags.FlagValues = FLAGS) -> PrepareConfig:
-    source = readers.Source(path=fv.input, format=fv.format, text_column=fv.text_column,
-                            label_column=fv.label_column, encoding=fv.encoding)
-    return PrepareConfig(source=source, output_dir=fv.output_dir, model=fv.model, max_length=fv.max_length,
+    return PrepareConfig(source=source_from_flags(fv), output_dir=fv.output_dir, model=fv.model, max_length=fv.max_length,
                          splits=_parse_splits(fv.splits), split_name=fv.split_name, seed=fv.seed,
                          num_proc=fv.num_proc, keep_neutral=fv.keep_neutral, overwrite=fv.overwrite)
 
@@ -166,15 +173,8 @@ def define_evaluate_flags(fv: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string("data_dir", None, "A prepared dataset (trainer-prepare) to evaluate on ...", flag_values=fv)
     flags.DEFINE_string("split", "test", "... and its split. With --input: the name the raw file's rows get.",
                         flag_values=fv)
-    flags.DEFINE_string("input", None, "... or a raw file, tokenized with the model's tokenizer on the fly.",
-                        flag_values=fv)
-    flags.DEFINE_enum("format", "sentiment140", readers.FORMATS, "Format of --input (neutral rows are dropped).",
-                      flag_values=fv)
-    flags.DEFINE_string("text_column", None, "csv/tsv/jsonl --input: text column (name or 0-based position).",
-                        flag_values=fv)
-    flags.DEFINE_string("label_column", None, "csv/tsv/jsonl --input: label column.", flag_values=fv)
-    flags.DEFINE_string("encoding", None, "Encoding of --input (default: latin-1 for sentiment140, else utf-8).",
-                        flag_values=fv)
+    _define_source_flags(fv, "... or a raw file, tokenized with the model's tokenizer on the fly (neutral rows "
+                         "dropped).")
     flags.DEFINE_integer("max_length", 128, "--input: truncate to this many tokens.", lower_bound=8,
                          flag_values=fv)
     flags.DEFINE_integer("batch_size", 64, "Examples per prediction batch.", lower_bound=1, flag_values=fv)
