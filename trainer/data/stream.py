@@ -192,7 +192,9 @@ class Stream:
 
 
 def lengths_of(split: datasets.Dataset) -> np.ndarray:
-    return np.asarray(split.with_format("numpy")["length"])
+    """The `length` column (indices mapping applied). Through arrow: the numpy format converts row by
+    row, 1.4 s for 16k rows against 1.3 ms here."""
+    return split.with_format("arrow")["length"].to_numpy()
 
 
 def stream(split: datasets.Dataset, model, tokenizer, *, global_batch_size: int, padding: str = "bucket",
