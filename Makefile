@@ -1,6 +1,7 @@
-# make train   offline end-to-end demo: tiny BERT -> prepare -> train -> evaluate -> predict
-# make test    the test suite
-# Both create .venv and install the pinned working set on first use.
+# make train      offline end-to-end demo: tiny BERT -> prepare -> train -> evaluate -> predict
+# make test       the test suite (tests that need a GPU skip where there is none)
+# make test-gpu   only the tests that need a real GPU
+# Each creates .venv and installs the pinned working set on first use.
 PYTHON ?= python3
 VENV ?= .venv
 SHARED ?= ../shared
@@ -8,12 +9,12 @@ DATA ?= $(SHARED)/data/sentiment140_sample.csv
 RUN ?= runs/demo
 MODEL ?=
 
-.PHONY: install train test benchmark quality clean
+.PHONY: install train test test-gpu clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[cpu,test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -23,6 +24,10 @@ train: install
 
 test: install
 	SHARED_DIR="$(SHARED)" $(VENV)/bin/python -m pytest
+
+test-gpu: install
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[gpu]'
+	SHARED_DIR="$(SHARED)" $(VENV)/bin/python -m pytest -m gpu
 
 clean:
 	rm -rf runs $(VENV)

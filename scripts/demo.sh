@@ -9,7 +9,7 @@ RUN=${RUN:-runs/demo}
 PRESET=configs/cpu_demo.cfg
 if [ -z "${MODEL:-}" ]; then
   MODEL=$RUN/tiny-bert
-  [ -f "$MODEL/tf_model.h5" ] || python -m trainer.tiny_bert "$MODEL" "$DATA"
+  [ -f "$MODEL/tf_model.h5" ] || python -m trainer.cli.tiny_bert --output_dir="$MODEL" --texts="$DATA"
 else
   PRESET=configs/cpu_finetune.cfg   # a real pretrained model wants a small learning rate
 fi

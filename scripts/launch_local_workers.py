@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     if args.num_workers < 1:
         print("error: --num_workers must be >= 1", file=sys.stderr)
         return 2
-    command = [sys.executable, "-m", "trainer.train", *args.train_flags, "--strategy=multi_worker"]
+    command = [sys.executable, "-m", "trainer.cli.train", *args.train_flags, "--strategy=multi_worker"]
     workers = []
     for index, tf_config in enumerate(tf_configs(args.num_workers)):
         process = subprocess.Popen(command, env={**os.environ, "TF_CONFIG": tf_config}, stdout=subprocess.PIPE,

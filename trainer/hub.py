@@ -1,22 +1,30 @@
-"""A model name (hub id or local directory) -> a local directory, its config and its fast tokenizer.
+"""A model name (hub id, local directory or bucket URL) -> a local directory, its config and its fast tokenizer.
 
 No TensorFlow here: data preparation uses this too and may fork worker processes.
 """
+import json
 import os
 
 import huggingface_hub
 import transformers
 
-from trainer.cli import UsageError
+from trainer import storage
+from trainer.errors import UsageError
 
 # What a fine-tuning run needs from a hub snapshot: config, tokenizer files, TF or safetensors weights.
 SNAPSHOT_FILES = ["*.json", "*.txt", "*.model", "tf_model*.h5", "*.safetensors"]
 
 
 def resolve(model: str) -> str:
-    """Return the local directory holding `model`'s files, downloading a hub snapshot if needed."""
+    """Return the local directory holding `model`'s files: a hub snapshot, or a bucket copy, is fetched once."""
+    if storage.is_url(model):
+        if not storage.exists(storage.join(model, "config.json")):
+            raise UsageError(f"{model} holds no config.json: pass a model directory saved with save_pretrained")
+        return storage.local_copy(model)
     if os.path.isdir(model):
         return model
+    if os.path.exists(model):
+        raise UsageError(f"model {model} is a file: pass its directory (config.json, tokenizer and weights)")
     if os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1:
         raise UsageError(f"model directory {model} does not exist: pass --model=<local directory or hub id>")
     try:
@@ -28,20 +36,33 @@ def resolve(model: str) -> str:
                          "pass a local directory with --model") from None
 
 
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:160]
+
+
 def load_config(model_dir: str, **overrides) -> transformers.PretrainedConfig:
     try:
         return transformers.AutoConfig.from_pretrained(model_dir, **overrides)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{model_dir} holds no usable config.json ({str(e).splitlines()[0][:120]}): "
-                         "pass a model directory saved with save_pretrained") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{model_dir} holds no usable config.json ({_first_line(e)}): pass a model directory "
+                         "saved with save_pretrained") from None
 
 
 def load_tokenizer(model_dir: str) -> transformers.PreTrainedTokenizerFast:
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        path = os.path.join(model_dir, name)
+        try:
+            with open(path, "rb") as f:
+                json.load(f)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{path} is damaged ({_first_line(e)}): restore the model's tokenizer files") from None
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError, TypeError) as e:
-        raise UsageError(f"{model_dir} holds no usable tokenizer ({str(e).splitlines()[0][:120]}): "
-                         "pass a model directory with tokenizer files") from None
+    except Exception as e:   # damaged vocabularies fail in many ways, Rust errors included
+        raise UsageError(f"{model_dir} holds no usable tokenizer ({_first_line(e)}): pass a model directory "
+                         "with its tokenizer files (tokenizer.json, or vocab.txt)") from None
     if not tokenizer.is_fast:
         raise UsageError(f"{model_dir}: only fast (Rust) tokenizers are supported; add its tokenizer.json")
     return tokenizer
@@ -50,3 +71,37 @@ def load_tokenizer(model_dir: str) -> transformers.PreTrainedTokenizerFast:
 def max_positions(config: transformers.PretrainedConfig) -> int | None:
     """How many tokens the model's position embeddings hold (None if it does not say)."""
     return getattr(config, "max_position_embeddings", None)
+
+
+def check_weights(model_dir: str, tf_only: bool = False) -> str:
+    """The weights file a model will load from, checked for damage without loading it: tf_model.h5 (an HDF5
+    file that opens) or, unless tf_only, PyTorch-layout *.safetensors (headers that cover the files)."""
+    h5 = os.path.join(model_dir, "tf_model.h5")
+    if os.path.exists(h5):
+        import h5py
+        try:
+            with h5py.File(h5, "r") as f:
+                if not len(f.keys()):
+                    raise OSError("no weights in it")
+        except OSError as e:
+            raise UsageError(f"{h5} is damaged ({_first_line(e)}): restore it, or save the model again with "
+                             "save_pretrained") from None
+        return h5
+    found = sorted(name for name in os.listdir(model_dir) if name.endswith(".safetensors"))
+    if tf_only or not found:
+        wanted = "tf_model.h5" if tf_only else "tf_model.h5 or *.safetensors weights"
+        hint = "pass the export/ directory of a training run" if tf_only else "pass a directory saved with save_pretrained"
+        raise UsageError(f"{model_dir} holds no {wanted} (found: {', '.join(sorted(os.listdir(model_dir))) or 'nothing'}): "
+                         f"{hint}")
+    from safetensors import SafetensorError, safe_open
+    for name in found:
+        path = os.path.join(model_dir, name)
+        try:
+            with safe_open(path, framework="np") as f:
+                layout = (f.metadata() or {}).get("format")
+        except (SafetensorError, OSError) as e:
+            raise UsageError(f"{path} is damaged ({_first_line(e)}): restore the model's weights") from None
+        if layout == "tf":
+            raise UsageError(f"{path} is TF-layout safetensors: save it as tf_model.h5 (save_pretrained with "
+                             "safe_serialization=False)")
+    return os.path.join(model_dir, found[0])

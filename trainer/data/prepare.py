@@ -5,8 +5,8 @@ Rows stream from the reader into an arrow file in chunks, are tokenized once wit
 file in memory. All of it is built in a temporary directory next to the output and renamed
 into place at the end, so a failure leaves nothing half-written.
 """
+import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -15,13 +15,13 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from trainer import cli, files, hub
-from trainer import flags as trainer_flags
+from trainer import hub, storage
 from trainer.config import PrepareConfig
 from trainer.data import readers
+from trainer.errors import UsageError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: the manifest lists every file with its size and sha256
 CHUNK_ROWS = 50_000
 
 
@@ -32,7 +32,7 @@ def label_names(keep_neutral: bool) -> list[str]:
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
 
@@ -43,86 +43,119 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def prepare(config: PrepareConfig) -> dict:
-    """Build (or reuse) the prepared dataset at config.output_dir; return its manifest."""
+    """Build (or reuse) the prepared dataset at config.output_dir; return its manifest. Every input and the
+    output path are checked before anything is written."""
     start = time.time()
-    readers.check_source(config.source)
+    readers.check_source(config)
+    storage.check_no_overlap(config.output_dir, "--output_dir", {"--input": config.input, "--model": config.model})
+    storage.check_writable(config.output_dir, "--output_dir", "dir")
     model_dir = hub.resolve(config.model)
     tokenizer = hub.load_tokenizer(model_dir)
     positions = hub.max_positions(hub.load_config(model_dir))
     if positions and config.max_length > positions:
-        raise cli.UsageError(f"--max_length={config.max_length} is above the {positions} positions of "
-                             f"{config.model}: pass --max_length<={positions}")
-    settings = {
+        raise UsageError(f"--max_length={config.max_length} is above the {positions} positions of "
+                         f"{config.model}: pass --max_length<={positions}")
+    settings = _settings(config, tokenizer)
+    existing = storage.read_json(storage.join(config.output_dir, MANIFEST))
+    if existing and existing.get("settings") == settings and _intact(config.output_dir, existing):
+        existing["reused"] = True
+        return existing
+    _check_replaceable(config, existing)
+    work = storage.scratch_dir(config.output_dir)
+    try:
+        with storage.staged_dir(config.output_dir, last=MANIFEST) as staged:
+            manifest = _build(config, settings, tokenizer, work, staged)
+            manifest["seconds"] = round(time.time() - start, 1)
+            storage.write_json(os.path.join(staged, MANIFEST), manifest)
+        return manifest
+    except OSError as e:        # a full disk, say: name the output, whichever file the writer was at
+        raise storage.named(e, config.output_dir) from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _settings(config: PrepareConfig, tokenizer) -> dict:
+    """Everything the prepared data depends on: a rerun with equal settings reuses it."""
+    return {
         "format_version": FORMAT_VERSION,
-        "source_sha256": file_sha256(config.source.path),
-        "format": config.source.format,
-        "text_column": config.source.text_column,
-        "label_column": config.source.label_column,
-        "encoding": config.source.resolved_encoding,
+        "source_sha256": file_sha256(config.input),
+        "format": config.format,
+        "text_column": config.text_column,
+        "label_column": config.label_column,
+        "encoding": config.resolved_encoding,
         "splits": config.split_fractions(),
         "seed": config.seed,
         "keep_neutral": config.keep_neutral,
         "max_length": config.max_length,
         "tokenizer": tokenizer_fingerprint(tokenizer),
     }
-    existing = _read_manifest(config.output_dir)
-    if existing and existing.get("settings") == settings:
-        existing["reused"] = True
-        return existing
-    if os.path.exists(config.output_dir) and not config.overwrite:
-        raise cli.UsageError(f"{config.output_dir} already exists (prepared with other inputs or settings): "
-                             "pass --overwrite to replace it, or another --output_dir")
 
-    work = files.staging_dir(config.output_dir, ".prepare-work-")
-    staged = files.staging_dir(config.output_dir, ".prepare-")
-    try:
-        stats = readers.ReadStats()
-        names = label_names(config.keep_neutral)
-        raw = _write_rows(config, stats, names, os.path.join(work, "rows.arrow"))
-        if len(raw) == 0:
-            reason = stats.dropped.most_common(1)[0][0] if stats.dropped else "no rows"
-            raise cli.UsageError(f"{config.source.path}: no usable rows ({stats.rows_read} read, most dropped as "
-                                 f"{reason}); check --format, --text_column and --label_column")
-        tokenized = _tokenize(raw, tokenizer, config, os.path.join(work, "tokenized.arrow"))
-        labels = np.asarray(tokenized.data.column("label"))
-        lengths = np.asarray(tokenized.data.column("length"))
-        order = np.random.default_rng(config.seed).permutation(len(tokenized))
-        split_rows = _split(order, config.split_fractions())
-        dataset = datasets.DatasetDict({name: tokenized.select(rows) for name, rows in split_rows.items()})
-        dataset.save_to_disk(staged)
-        manifest = {
-            "source": {"path": os.path.abspath(config.source.path), "sha256": settings["source_sha256"],
-                       "bytes": os.path.getsize(config.source.path)},
-            "settings": settings,
-            "model": config.model,
-            "tokenizer": {"name_or_path": config.model, "class": type(tokenizer).__name__,
-                          "fingerprint": settings["tokenizer"], "vocab_size": len(tokenizer),
-                          "model_input_names": list(tokenizer.model_input_names)},
-            "max_length": config.max_length,
-            "rows_read": stats.rows_read,
-            "rows_kept": stats.rows_kept,
-            "dropped": dict(sorted(stats.dropped.items())),
-            "labels": names,
-            "splits": {name: len(rows) for name, rows in split_rows.items()},
-            "labels_per_split": {
-                name: dict(zip(names, np.bincount(labels[rows], minlength=len(names)).tolist()))
-                for name, rows in split_rows.items()},
-            "token_length": {
-                "mean": round(float(lengths.mean()), 2),
-                **{f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 99)},
-                "max": int(lengths.max()),
-                "rows_at_max_length": int((lengths >= config.max_length).sum()),
-                "histogram": {str(n): int(c) for n, c in enumerate(np.bincount(lengths)) if c},
-            },
-            "seconds": round(time.time() - start, 1),
-        }
-        files.write_json(os.path.join(staged, MANIFEST), manifest)
-        del dataset, tokenized, raw
-        files.replace_dir(staged, config.output_dir)
-        return manifest
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(staged, ignore_errors=True)
+
+def _check_replaceable(config: PrepareConfig, existing: dict | None) -> None:
+    """Only a prepared dataset (or an empty directory) is ever replaced, and only with --overwrite."""
+    out = config.output_dir
+    if not storage.exists(out) or (not storage.is_url(out) and os.path.isdir(out) and not os.listdir(out)):
+        return
+    if existing is None:
+        raise UsageError(f"--output_dir={out} exists and is not a prepared dataset (no {MANIFEST}): pass a new "
+                         "or empty --output_dir")
+    if not config.overwrite:
+        raise UsageError(f"{out} already exists (prepared with other inputs or settings): pass --overwrite to "
+                         "replace it, or another --output_dir")
+
+
+def _build(config: PrepareConfig, settings: dict, tokenizer, work: str, staged: str) -> dict:
+    """Read, tokenize, split and save into `staged`; return the manifest (without its timing)."""
+    stats = readers.ReadStats()
+    names = label_names(config.keep_neutral)
+    raw = _write_rows(config, stats, names, os.path.join(work, "rows.arrow"))
+    if len(raw) == 0:
+        reason = stats.dropped.most_common(1)[0][0] if stats.dropped else "no rows"
+        raise UsageError(f"{config.input}: no usable rows ({stats.rows_read} read, most dropped as {reason}); "
+                         "check --format, --text_column and --label_column")
+    tokenized = _tokenize(raw, tokenizer, config, os.path.join(work, "tokenized.arrow"))
+    labels = np.asarray(tokenized.data.column("label"))
+    lengths = np.asarray(tokenized.data.column("length"))
+    order = np.random.default_rng(config.seed).permutation(len(tokenized))
+    split_rows = _split(order, config.split_fractions())
+    datasets.DatasetDict({name: tokenized.select(rows) for name, rows in split_rows.items()}).save_to_disk(staged)
+    return {
+        "source": {"path": os.path.abspath(config.input), "sha256": settings["source_sha256"],
+                   "bytes": os.path.getsize(config.input)},
+        "settings": settings,
+        "model": config.model,
+        "tokenizer": {"name_or_path": config.model, "class": type(tokenizer).__name__,
+                      "fingerprint": settings["tokenizer"], "vocab_size": len(tokenizer),
+                      "model_input_names": list(tokenizer.model_input_names)},
+        "max_length": config.max_length,
+        "rows_read": stats.rows_read,
+        "rows_kept": stats.rows_kept,
+        "dropped": dict(sorted(stats.dropped.items())),
+        "labels": names,
+        "splits": {name: len(rows) for name, rows in split_rows.items()},
+        "labels_per_split": {name: dict(zip(names, np.bincount(labels[rows], minlength=len(names)).tolist()))
+                             for name, rows in split_rows.items()},
+        "token_length": {
+            "mean": round(float(lengths.mean()), 2),
+            **{f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 99)},
+            "max": int(lengths.max()),
+            "rows_at_max_length": int((lengths >= config.max_length).sum()),
+            "histogram": {str(n): int(c) for n, c in enumerate(np.bincount(lengths)) if c},
+        },
+        "files": _file_table(staged),
+    }
+
+
+def _file_table(directory: str) -> dict:
+    """Size and sha256 of every file of a prepared dataset, checked whenever it is opened."""
+    table = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, directory)
+            if relative != MANIFEST:
+                table[relative] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+    return dict(sorted(table.items()))
 
 
 def _write_rows(config: PrepareConfig, stats: readers.ReadStats, names: list[str], path: str) -> datasets.Dataset:
@@ -132,7 +165,7 @@ def _write_rows(config: PrepareConfig, stats: readers.ReadStats, names: list[str
     schema = features.arrow_schema
     with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         texts, labels = [], []
-        for text, label in readers.read_rows(config.source, stats, keep_neutral=config.keep_neutral):
+        for text, label in readers.read_rows(config, stats, keep_neutral=config.keep_neutral):
             texts.append(text)
             labels.append(label_ids[label])
             if len(texts) == CHUNK_ROWS:
@@ -173,48 +206,52 @@ def _split(order: np.ndarray, fractions: dict[str, float]) -> dict[str, np.ndarr
     return {name: np.sort(order[a:b]) for name, a, b in zip(fractions, bounds[:-1], bounds[1:])}
 
 
-def load_manifest(data_dir: str) -> dict:
-    """The manifest of a prepared directory, or a UsageError saying how to make one."""
-    manifest = _read_manifest(data_dir)
-    if manifest is None:
-        raise cli.UsageError(f"{data_dir} is not a prepared dataset (no readable {MANIFEST}): "
-                             "make it with trainer-prepare --output_dir=...")
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A prepared dataset whose files match its manifest; `dir` is local (a bucket's data is cached)."""
+    dir: str
+    manifest: dict
+
+    def load(self) -> datasets.DatasetDict:
+        """The splits, memory-mapped."""
+        return datasets.load_from_disk(self.dir)
+
+
+def open_prepared(data_dir: str) -> Prepared:
+    """Check a prepared dataset (manifest, version, every file's size and sha256) and return it."""
+    if not storage.exists(storage.join(data_dir, MANIFEST)):
+        raise UsageError(f"{data_dir} is not a prepared dataset (no {MANIFEST}): make it with trainer-prepare "
+                         "--output_dir=...")
+    local = storage.local_copy(data_dir)
+    manifest = storage.read_json(os.path.join(local, MANIFEST))
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{data_dir}/{MANIFEST} is damaged (not JSON): run trainer-prepare again with --overwrite")
     version = manifest.get("settings", {}).get("format_version")
     if version != FORMAT_VERSION:
-        raise cli.UsageError(f"{data_dir} was prepared by an incompatible version (format {version}, this "
-                             f"trainer reads {FORMAT_VERSION}): run trainer-prepare again with --overwrite")
-    return manifest
+        raise UsageError(f"{data_dir} was prepared by an incompatible version (format {version}, this trainer "
+                         f"reads {FORMAT_VERSION}): run trainer-prepare again with --overwrite")
+    problem = _damage(local, manifest)
+    if problem and local != data_dir:          # a damaged cache copy: fetch it again
+        shutil.rmtree(local, ignore_errors=True)
+        local = storage.local_copy(data_dir)
+        problem = _damage(local, manifest)
+    if problem:
+        raise UsageError(f"{data_dir} is damaged ({problem}): run trainer-prepare again with --overwrite")
+    return Prepared(local, manifest)
 
 
-def load(data_dir: str) -> datasets.DatasetDict:
-    """The prepared splits, memory-mapped from disk."""
-    load_manifest(data_dir)
-    try:
-        return datasets.load_from_disk(data_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise cli.UsageError(f"{data_dir} is damaged ({e}): run trainer-prepare again with --overwrite") from None
+def _damage(directory: str, manifest: dict) -> str | None:
+    """What differs between the files on disk and the manifest's table, or None."""
+    for name, expected in manifest.get("files", {}).items():
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        if os.path.getsize(path) != expected["bytes"]:
+            return f"{name} has {os.path.getsize(path)} bytes, the manifest says {expected['bytes']}"
+        if file_sha256(path) != expected["sha256"]:
+            return f"{name} does not match its sha256 in the manifest"
+    return None if manifest.get("files") else "the manifest lists no files"
 
 
-def _read_manifest(output_dir: str) -> dict | None:
-    try:
-        with open(os.path.join(output_dir, MANIFEST)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _main(argv):
-    del argv
-    config = trainer_flags.prepare_config()
-    manifest = prepare(config)
-    print(json.dumps({k: manifest[k] for k in ("rows_read", "rows_kept", "dropped", "splits")}))
-    print(f"{'reused' if manifest.get('reused') else 'prepared'} {config.output_dir}")
-
-
-def main():
-    trainer_flags.define_prepare_flags()
-    cli.run(_main)
-
-
-if __name__ == "__main__":
-    main()
+def _intact(data_dir: str, manifest: dict) -> bool:
+    return storage.is_url(data_dir) or _damage(data_dir, manifest) is None

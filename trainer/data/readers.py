@@ -11,16 +11,20 @@ Rows that cannot be used are skipped and counted (wrong column count, empty text
 malformed JSON, header row, neutral); problems that would make the whole file wrong
 (missing file, undecodable bytes, unknown label) raise UsageError with the fix.
 """
+import codecs
 import collections
+import contextlib
 import csv
 import dataclasses
+import io
 import json
-import os
+import sys
 from typing import Iterator
 
-from trainer.cli import UsageError
+from trainer import storage
+from trainer.config import FORMATS, SourceConfig
+from trainer.errors import UsageError
 
-FORMATS = ("sentiment140", "csv", "tsv", "jsonl")
 SENTIMENT140_COLUMNS = ("target", "ids", "date", "flag", "user", "text")
 SENTIMENT140_LABELS = {"0": "negative", "2": "neutral", "4": "positive"}
 # Label spellings accepted in custom files (compared lower-cased, stripped).
@@ -29,21 +33,7 @@ CUSTOM_LABELS = {
     "1": "positive", "pos": "positive", "positive": "positive",
     "neutral": "neutral",
 }
-csv.field_size_limit(1 << 24)
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """Where and how to read a raw file."""
-    path: str
-    format: str = "sentiment140"
-    text_column: str | None = None   # a name, or a 0-based position as a string
-    label_column: str | None = None
-    encoding: str | None = None      # default: latin-1 for sentiment140, utf-8 otherwise
-
-    @property
-    def resolved_encoding(self) -> str:
-        return self.encoding or ("latin-1" if self.format == "sentiment140" else "utf-8")
+csv.field_size_limit(sys.maxsize)   # a row is as long as it is: texts are truncated when tokenized
 
 
 @dataclasses.dataclass
@@ -57,26 +47,27 @@ class ReadStats:
         return self.rows_read - sum(self.dropped.values())
 
 
-def check_source(source: Source) -> None:
+def check_source(source: SourceConfig) -> None:
     """Raise UsageError for a source that cannot be read at all."""
-    if source.format not in FORMATS:
-        raise UsageError(f"unknown --format={source.format}: use one of {', '.join(FORMATS)}")
-    if not os.path.exists(source.path):
-        raise UsageError(f"input {source.path} does not exist: pass --input=<path to the data file>")
-    if os.path.isdir(source.path):
-        raise UsageError(f"input {source.path} is a directory: pass --input=<path to a data file>")
-    if os.path.getsize(source.path) == 0:
-        raise UsageError(f"input {source.path} is empty: pass a file with rows of text and label")
-    if source.format != "sentiment140" and (source.text_column is None or source.label_column is None):
-        raise UsageError(
-            f"--format={source.format} needs --text_column and --label_column (names, or 0-based positions)")
-    try:
-        "".encode(source.resolved_encoding)
-    except LookupError:
-        raise UsageError(f"unknown --encoding={source.encoding}: use e.g. utf-8 or latin-1") from None
+    storage.check_input_file(source.input, "--input")
+    with open(source.input, "rb") as f:
+        start = f.read(4)
+    if start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and "16" not in source.resolved_encoding:
+        raise UsageError(f"{source.input} starts with a UTF-16 byte-order mark: pass --encoding=utf-16")
 
 
-def read_rows(source: Source, stats: ReadStats, keep_neutral: bool = False) -> Iterator[tuple[str, str]]:
+@contextlib.contextmanager
+def open_text(source: SourceConfig):
+    """The file as text. A UTF-8 byte-order mark is skipped (it would otherwise glue itself to the first field),
+    and it means UTF-8 unless --encoding says otherwise."""
+    with open(source.input, "rb") as raw:
+        has_bom = raw.read(3) == codecs.BOM_UTF8
+        raw.seek(3 if has_bom else 0)
+        encoding = "utf-8" if has_bom and source.encoding is None else source.resolved_encoding
+        yield io.TextIOWrapper(raw, encoding=encoding, newline="")
+
+
+def read_rows(source: SourceConfig, stats: ReadStats, keep_neutral: bool = False) -> Iterator[tuple[str, str]]:
     """Yield (text, label_name) for each usable row; count the rest in `stats`."""
     check_source(source)
     labels = SENTIMENT140_LABELS if source.format == "sentiment140" else CUSTOM_LABELS
@@ -90,7 +81,7 @@ def read_rows(source: Source, stats: ReadStats, keep_neutral: bool = False) -> I
                     stats.dropped["header_row"] += 1
                     continue
                 raise UsageError(
-                    f"{source.path} line {line_number}: unknown label {str(raw_label)[:40]!r}; expected "
+                    f"{source.input} line {line_number}: unknown label {str(raw_label)[:40]!r}; expected "
                     f"{'/'.join(sorted(labels))} (check --format and --label_column)")
             if label == "neutral" and not keep_neutral:
                 stats.dropped["neutral"] += 1
@@ -101,8 +92,10 @@ def read_rows(source: Source, stats: ReadStats, keep_neutral: bool = False) -> I
             yield str(text), label
     except UnicodeDecodeError as e:
         raise UsageError(
-            f"{source.path}: bytes not valid {source.resolved_encoding} near byte {e.start}: "
+            f"{source.input}: bytes not valid {source.resolved_encoding} near byte {e.start}: "
             f"pass --encoding=latin-1 (or the file's real encoding)") from None
+    except csv.Error as e:
+        raise UsageError(f"{source.input}: not readable as {source.format} ({e}): check --format") from None
 
 
 def _column_index(column: str, header: list[str] | None, path: str) -> int:
@@ -114,8 +107,8 @@ def _column_index(column: str, header: list[str] | None, path: str) -> int:
     return header.index(column)
 
 
-def _delimited_records(source: Source, stats: ReadStats) -> Iterator[tuple[int, str, str]]:
-    with open(source.path, encoding=source.resolved_encoding, newline="") as f:
+def _delimited_records(source: SourceConfig, stats: ReadStats) -> Iterator[tuple[int, str, str]]:
+    with open_text(source) as f:
         if source.format == "tsv":
             reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         else:
@@ -125,8 +118,8 @@ def _delimited_records(source: Source, stats: ReadStats) -> Iterator[tuple[int, 
         else:
             positional = source.text_column.isdigit() and source.label_column.isdigit()
             header = None if positional else next(reader, None)
-            text_index = _column_index(source.text_column, header, source.path)
-            label_index = _column_index(source.label_column, header, source.path)
+            text_index = _column_index(source.text_column, header, source.input)
+            label_index = _column_index(source.label_column, header, source.input)
             num_columns = len(header) if header else None
         for record in reader:
             if not record:          # a blank line
@@ -134,7 +127,7 @@ def _delimited_records(source: Source, stats: ReadStats) -> Iterator[tuple[int, 
             if num_columns is None:  # positional columns: the first row fixes the width
                 num_columns = len(record)
                 if max(text_index, label_index) >= num_columns:
-                    raise UsageError(f"{source.path}: the first row has {num_columns} columns, so column "
+                    raise UsageError(f"{source.input}: the first row has {num_columns} columns, so column "
                                      f"{max(text_index, label_index)} does not exist: check --text_column/--label_column")
             if len(record) != num_columns:
                 stats.rows_read += 1
@@ -143,8 +136,8 @@ def _delimited_records(source: Source, stats: ReadStats) -> Iterator[tuple[int, 
             yield reader.line_num, record[text_index], record[label_index]
 
 
-def _jsonl_records(source: Source, stats: ReadStats) -> Iterator[tuple[int, str, str]]:
-    with open(source.path, encoding=source.resolved_encoding) as f:
+def _jsonl_records(source: SourceConfig, stats: ReadStats) -> Iterator[tuple[int, str, str]]:
+    with open_text(source) as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue

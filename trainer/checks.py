@@ -1,0 +1,125 @@
+"""The validation layer: every path, file and cross-setting a command uses, checked before any work and
+before TensorFlow loads. Each check raises UsageError naming the problem and the fix; what the checks
+load (the verified dataset, the model's tokenizer) is handed on, so nothing is read twice.
+
+(Settings one by one are checked by the configs themselves; trainer-prepare checks its own inputs,
+since it never loads TensorFlow.)
+"""
+import dataclasses
+import os
+
+import transformers
+
+from trainer import hub, runtime, storage
+from trainer.config import EvaluateConfig, PredictConfig, TrainConfig
+from trainer.data import prepare, readers
+from trainer.errors import UsageError
+
+METRICS = "metrics.json"
+RUN_MARKERS = (METRICS, "checkpoints", storage.LOCK, "steps.csv", "logs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A model's local directory (a hub or bucket copy if need be), config and fast tokenizer."""
+    dir: str
+    config: transformers.PretrainedConfig
+    tokenizer: transformers.PreTrainedTokenizerFast
+
+    @property
+    def label_names(self) -> list[str]:
+        return [self.config.id2label[i] for i in range(self.config.num_labels)]
+
+
+def model(name: str, tf_only: bool = False) -> Model:
+    """A model whose config, tokenizer and weights files are all readable."""
+    local = hub.resolve(name)
+    model_config, tokenizer = hub.load_config(local), hub.load_tokenizer(local)
+    hub.check_weights(local, tf_only=tf_only)
+    return Model(local, model_config, tokenizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainInputs:
+    data: prepare.Prepared
+    model: Model
+    max_length: int
+    finished: bool        # output_dir holds a finished run, to be replaced (--overwrite_output_dir)
+    is_chief: bool        # the worker that writes the run directory
+
+
+def for_train(config: TrainConfig) -> TrainInputs:
+    config.require("data_dir", "model", "output_dir")
+    storage.check_no_overlap(config.output_dir, "--output_dir", {"--data_dir": config.data_dir, "--model": config.model})
+    finished = _check_run_dir(config)
+    storage.check_writable(config.output_dir, "--output_dir", "dir")
+    data = prepare.open_prepared(config.data_dir)
+    splits = data.manifest["splits"]
+    if not splits.get("train"):
+        raise UsageError(f"{config.data_dir} has no rows in its 'train' split: prepare it with --splits giving "
+                         "train a share")
+    if config.validation_needed and not splits.get("validation"):
+        raise UsageError(f"--export=best and --early_stopping_patience need a validation split, and {config.data_dir} "
+                         "has none: prepare it with --splits giving validation a share, or pass --export=last")
+    checked = model(config.model)
+    if prepare.tokenizer_fingerprint(checked.tokenizer) != data.manifest["settings"]["tokenizer"]:
+        raise UsageError(f"{config.model}'s tokenizer differs from the one {config.data_dir} was prepared with "
+                         f"({data.manifest['tokenizer']['name_or_path']}): prepare the data with --model={config.model}")
+    max_length = config.max_length or data.manifest["max_length"]
+    positions = hub.max_positions(checked.config)
+    if positions and max_length > positions:
+        raise UsageError(f"--max_length={max_length} is above the {positions} positions of {config.model}: lower it")
+    if config.pad_to_multiple_of and config.pad_to_multiple_of > max_length:
+        raise UsageError(f"--pad_to_multiple_of={config.pad_to_multiple_of} is above the max_length {max_length}")
+    is_chief = config.strategy != "multi_worker" or runtime.multi_worker_task()[1] == 0
+    return TrainInputs(data, checked, max_length, finished, is_chief)
+
+
+def _check_run_dir(config: TrainConfig) -> bool:
+    """An existing --output_dir must be a run directory; a finished run is replaced only when asked."""
+    out = config.output_dir
+    if storage.is_url(out):
+        finished = storage.exists(storage.join(out, METRICS))
+    else:
+        if not os.path.isdir(out):
+            return False
+        names = set(os.listdir(out))
+        if names and not names & set(RUN_MARKERS):
+            raise UsageError(f"--output_dir={out} is not empty and holds no training run: pass a new or empty "
+                             "directory")
+        finished = METRICS in names
+    if finished and not config.overwrite_output_dir:
+        raise UsageError(f"{out} holds a finished run ({METRICS}): pass --overwrite_output_dir to start afresh, "
+                         "or another --output_dir")
+    return finished
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateInputs:
+    model: Model
+    data: prepare.Prepared | None     # --data_dir; else config.input is a checked raw file
+
+
+def for_evaluate(config: EvaluateConfig) -> EvaluateInputs:
+    if config.output:
+        storage.check_no_overlap(config.output, "--output", {"--model_dir": config.model_dir, "--data_dir": config.data_dir,
+                                                             "--input": config.input})
+        storage.check_writable(config.output, "--output", "file")
+        if storage.exists(config.output) and "accuracy" not in (storage.read_json(config.output) or {}):
+            raise UsageError(f"--output={config.output} exists and is not a metrics file: pass a new file path")
+    checked = model(config.model_dir, tf_only=True)
+    if config.input:
+        readers.check_source(config)
+        return EvaluateInputs(checked, None)
+    data = prepare.open_prepared(config.data_dir)
+    if not data.manifest["splits"].get(config.split):
+        raise UsageError(f"{config.data_dir} has no rows in a split {config.split!r} (it has "
+                         f"{', '.join(data.manifest['splits'])}): pass --split")
+    if data.manifest["labels"] != checked.label_names:
+        raise UsageError(f"{config.data_dir} has labels {data.manifest['labels']} but the model's head has "
+                         f"{checked.label_names}: prepare the data with the same label set (e.g. without --keep_neutral)")
+    return EvaluateInputs(checked, data)
+
+
+def for_predict(config: PredictConfig) -> Model:
+    return model(config.model_dir, tf_only=True)

@@ -1,0 +1,488 @@
+"""Every file the project reads or writes, on a local path or a bucket URL (gs://, or any fsspec URL).
+
+The rule: TensorFlow and datasets only ever see local paths. A URL is served through fsspec
+(gcsfs for gs://): a prepared dataset or a model is copied to a local cache once and
+memory-mapped from there; a run directory is worked on in a local mirror that `RunDir.sync`
+uploads at every checkpoint; whole outputs (prepared data, exports) are staged locally and
+uploaded whole, with the file that marks them complete last. Local outputs are staged beside
+their final place and renamed. Everything follows the umask.
+"""
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import socket
+import tempfile
+import threading
+import time
+
+from trainer.errors import UsageError
+
+CACHE = os.environ.get("TRAINER_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "sentiment-trainer"))
+LOCK = ".lock"
+LEASE_SECONDS = 90          # a bucket lock whose holder has not renewed it for this long is free
+RENEW_SECONDS = 20
+
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def join(base: str, *parts: str) -> str:
+    return posixpath.join(base, *parts) if is_url(base) else os.path.join(base, *parts)
+
+
+def filesystem(url: str):
+    """(fsspec filesystem, path inside it) for a URL."""
+    # gcsfs >= 2026.3 first probes each bucket's layout over gRPC (for zonal and hierarchical buckets, which
+    # this project does not need); against an emulator every call then waits 60 s for that probe to time out.
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    import fsspec
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **_options(url))
+    except (ImportError, ValueError) as e:
+        scheme = url.split("://", 1)[0]
+        raise UsageError(f"{url}: no filesystem for {scheme}:// ({e}): for gs:// install the gcs extra, "
+                         "pip install -e '.[gcs]'") from None
+    return fs, path
+
+
+def _options(url: str) -> dict:
+    if url.startswith("gs://") and os.environ.get("STORAGE_EMULATOR_HOST"):
+        return {"token": "anon"}     # an emulator (the tests): no credentials
+    return {}
+
+
+def exists(path: str) -> bool:
+    if not is_url(path):
+        return os.path.exists(path)
+    fs, p = filesystem(path)
+    return fs.exists(p)
+
+
+def read_bytes(path: str) -> bytes:
+    if not is_url(path):
+        with open(path, "rb") as f:
+            return f.read()
+    fs, p = filesystem(path)
+    return fs.cat_file(p)
+
+
+def read_json(path: str):
+    """The parsed JSON at `path`, or None if it is missing or unreadable."""
+    try:
+        return json.loads(read_bytes(path))
+    except (OSError, ValueError):
+        return None
+
+
+def named(error: OSError, path: str) -> OSError:
+    """The error, naming `path` if the operating system's report named no file (e.g. a full disk mid-write)."""
+    return error if error.filename else OSError(error.errno, error.strerror or str(error), path)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Whole or not at all: a local file is written beside `path` and renamed; a bucket object is one upload."""
+    if is_url(path):
+        fs, p = filesystem(path)
+        fs.pipe_file(p, data)
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, staged = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(staged, 0o666 & ~umask())
+        os.replace(staged, path)
+    except OSError as e:
+        _remove(staged)
+        raise named(e, path) from None
+    except BaseException:
+        _remove(staged)
+        raise
+
+
+def write_json(path: str, obj) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def remove_tree(path: str) -> None:
+    if is_url(path):
+        fs, p = filesystem(path)
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def umask() -> int:
+    """The process umask, read without changing it (Linux), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_dir(parent: str, prefix: str) -> str:
+    """mkdtemp, with the mode a plain mkdir would give (mkdtemp's 0700 would hide shared outputs)."""
+    os.makedirs(parent, exist_ok=True)
+    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(path, 0o777 & ~umask())
+    return path
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+@contextlib.contextmanager
+def staged_dir(target: str, last: str | None = None):
+    """Yield a new empty local directory. When the block succeeds its content becomes `target`, whole;
+    when it fails it is removed and `target` is untouched.
+
+    Local: built beside `target` and renamed (an old `target` is removed only after). URL: built in
+    a local temporary directory and uploaded, `last` (the file that marks the output complete) last.
+    """
+    parent = tempfile.gettempdir() if is_url(target) else os.path.dirname(os.path.abspath(target))
+    staged = new_dir(parent, f".{posixpath.basename(target.rstrip('/'))}-staged-")
+    try:
+        yield staged
+        if is_url(target):
+            upload_dir(staged, target, last=last)
+        else:
+            _replace_dir(staged, target)
+    finally:
+        _remove(staged)
+
+
+def scratch_dir(near: str) -> str:
+    """A new local directory for intermediate files: beside `near` if local (same disk), else in the temp dir."""
+    parent = tempfile.gettempdir() if is_url(near) else os.path.dirname(os.path.abspath(near))
+    return new_dir(parent, f".{posixpath.basename(near.rstrip('/'))}-work-")
+
+
+def _replace_dir(staged: str, target: str) -> None:
+    old = None
+    if os.path.lexists(target):
+        old = new_dir(os.path.dirname(os.path.abspath(target)), ".old-")
+        os.rename(target, os.path.join(old, "previous"))
+    os.rename(staged, target)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def upload_dir(local_dir: str, url: str, last: str | None = None) -> None:
+    """Replace the bucket prefix `url` by the content of `local_dir`; `last` is uploaded after everything else."""
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    files = sorted(_relative_files(local_dir), key=lambda name: name == last)
+    for name in files:
+        fs.put_file(os.path.join(local_dir, name), posixpath.join(path, name))
+
+
+def download_dir(url: str, local_dir: str) -> None:
+    fs, path = filesystem(url)
+    for name in _remote_files(fs, path):
+        destination = os.path.join(local_dir, name)
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        fs.get_file(posixpath.join(path, name), destination)
+
+
+def _relative_files(local_dir: str) -> list[str]:
+    return [os.path.relpath(os.path.join(root, name), local_dir)
+            for root, _, names in os.walk(local_dir) for name in names]
+
+
+def _remote_files(fs, path: str) -> list[str]:
+    prefix = path.rstrip("/") + "/"
+    return [name[len(prefix):] for name in fs.find(path) if name.startswith(prefix)]
+
+
+def local_copy(path: str) -> str:
+    """A local directory holding `path`'s files: `path` itself if local; for a URL a cache copy, downloaded
+    once and reused while every remote file keeps its name, size and generation (or modification time)."""
+    if not is_url(path):
+        return path
+    fs, p = filesystem(path)
+    listing = sorted((name, info.get("size"), str(info.get("generation") or info.get("mtime") or info.get("etag")))
+                     for name, info in fs.find(p, detail=True).items())
+    if not listing:
+        raise UsageError(f"{path} holds no files: check the URL")
+    key = hashlib.sha256(json.dumps([path, listing]).encode()).hexdigest()[:24]
+    cached = os.path.join(CACHE, "copies", key)
+    if not os.path.isdir(cached):
+        with staged_dir(cached) as staged:
+            download_dir(path, staged)
+    return cached
+
+
+class RunDir:
+    """A run's output directory, owned by one process at a time.
+
+    `path` is where the run's files are written: the directory itself, or for a URL a local mirror
+    whose state (checkpoints, best weights, CSVs) is downloaded on open and uploaded by `sync()`.
+    Only the writer (the chief) takes the lock and writes; other workers only read.
+    """
+    MIRRORED = ("checkpoints", "best")          # kept identical remotely, deletions included
+
+    def __init__(self, url: str, writer: bool = True):
+        self.url, self.writer, self.remote = url, writer, is_url(url)
+        self.path = os.path.join(CACHE, "runs", hashlib.sha256(url.encode()).hexdigest()[:24]) if self.remote else url
+        self._lock = None
+        self._created = False
+        self._uploaded: dict[str, tuple[int, int]] = {}
+
+    def __enter__(self) -> "RunDir":
+        if self.writer:
+            self._created = not exists(self.url)
+            self._lock = (BucketLock if self.remote else FileLock)(self.url)
+        if self.remote:
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.makedirs(self.path)
+            if exists(self.url):
+                self._download_state()
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        try:
+            if self.writer and kind is None:
+                self.sync()
+        finally:
+            if self._lock:
+                self._lock.release()
+            if self._created and kind is not None:
+                self._remove_if_only_the_lock()
+
+    def _remove_if_only_the_lock(self) -> None:
+        """A run refused before it wrote anything leaves nothing behind."""
+        names = set(_remote_files(*filesystem(self.url)) if self.remote else
+                    (os.listdir(self.url) if os.path.isdir(self.url) else []))
+        if names <= {LOCK}:
+            remove_tree(self.url)
+
+    def _download_state(self) -> None:
+        fs, path = filesystem(self.url)
+        for name in _remote_files(fs, path):
+            if name.split("/")[0] in self.MIRRORED or name.endswith((".csv", ".json")) and "/" not in name:
+                destination = os.path.join(self.path, name)
+                os.makedirs(os.path.dirname(destination), exist_ok=True)
+                fs.get_file(posixpath.join(path, name), destination)
+                self._uploaded[name] = _stamp(destination)
+
+    def sync(self) -> None:
+        """Upload what changed in the local mirror (checkpoint index files last); delete what the mirror
+        dropped from checkpoints/ and best/. Nothing to do for a local run directory."""
+        if not (self.remote and self.writer):
+            return
+        fs, path = filesystem(self.url)
+        current = {name: _stamp(os.path.join(self.path, name)) for name in _relative_files(self.path)}
+        changed = [name for name, stamp in current.items() if self._uploaded.get(name) != stamp]
+        for name in sorted(changed, key=lambda n: (posixpath.basename(n) in ("checkpoint", "best.json"), n)):
+            fs.put_file(os.path.join(self.path, name), posixpath.join(path, name))
+        for name in set(self._uploaded) - set(current):
+            if name.split("/")[0] in self.MIRRORED:
+                fs.rm_file(posixpath.join(path, name))
+        self._uploaded = current
+
+    def reset(self) -> None:
+        """Remove a finished run's files (--overwrite_output_dir), keeping the lock."""
+        for name in os.listdir(self.path):
+            if name != LOCK:
+                remove_tree(os.path.join(self.path, name))
+        if self.remote:
+            fs, path = filesystem(self.url)
+            for name in _remote_files(fs, path):
+                if name != LOCK:
+                    fs.rm_file(posixpath.join(path, name))
+            self._uploaded = {}
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_size, status.st_mtime_ns
+
+
+def _holder() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _in_use(url: str, holder: dict | None) -> UsageError:
+    who = f"process {holder['pid']} on {holder['host']} since {holder['since']}" if holder else "another process"
+    return UsageError(f"{url} is in use by {who}: wait for that run to end (or stop it), or pass another "
+                      "--output_dir")
+
+
+class FileLock:
+    """An OS lock (flock) on DIR/.lock: released by the kernel when its process ends, even by kill -9."""
+
+    def __init__(self, directory: str):
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, LOCK)
+        self.file = open(path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = read_json(path)
+            self.file.close()
+            raise _in_use(directory, holder) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(json.dumps(_holder()) + "\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()
+
+
+class BucketLock:
+    """A lease on URL/.lock: created only if absent (a generation precondition), renewed every
+    RENEW_SECONDS by a thread. A lease is taken over when its holder is a dead process on this host,
+    or when it has not been renewed for LEASE_SECONDS (its host is gone, e.g. a preempted VM)."""
+
+    def __init__(self, url: str):
+        self.fs, self.path = filesystem(join(url, LOCK))
+        self.url, self.stop = url, threading.Event()
+        for _ in range(2):
+            if self._create():
+                break
+            holder = read_json(join(url, LOCK))
+            if not self._stale(holder):
+                raise _in_use(url, holder)
+            self.fs.rm_file(self.path)
+        else:
+            raise _in_use(url, read_json(join(url, LOCK)))
+        self.thread = threading.Thread(target=self._renew, daemon=True)
+        self.thread.start()
+
+    def _create(self) -> bool:
+        """Create the lease object only if there is none (GCS: ifGenerationMatch=0, which the emulator the tests
+        use does not enforce; real GCS does)."""
+        self.holder = {**_holder(), "renewed": time.time()}
+        if self.fs.exists(self.path):
+            return False
+        try:
+            with self.fs.open(self.path, "xb") as f:
+                f.write(json.dumps(self.holder).encode())
+            return True
+        except FileExistsError:
+            return False
+
+    def _stale(self, holder: dict | None) -> bool:
+        if not holder:
+            return True
+        if holder.get("host") == socket.gethostname():
+            return not _alive(holder.get("pid", -1))
+        return time.time() - holder.get("renewed", 0) > LEASE_SECONDS
+
+    def _renew(self) -> None:
+        while not self.stop.wait(RENEW_SECONDS):
+            self.holder["renewed"] = time.time()
+            with contextlib.suppress(OSError):
+                self.fs.pipe_file(self.path, json.dumps(self.holder).encode())
+
+    def release(self) -> None:
+        self.stop.set()
+        with contextlib.suppress(OSError, FileNotFoundError):
+            self.fs.rm_file(self.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _canonical(path: str) -> str:
+    return path.rstrip("/") if is_url(path) else os.path.realpath(os.path.expanduser(path))
+
+
+def _inside(path: str, parent: str) -> bool:
+    separator = "/" if is_url(parent) else os.sep
+    return path.startswith(parent.rstrip(separator) + separator)
+
+
+def check_no_overlap(output: str, flag: str, inputs: dict[str, str | None]) -> None:
+    """An output may never be, lie inside, or hold an input (data file, data directory, model directory)."""
+    out = _canonical(output)
+    for input_flag, path in inputs.items():
+        if not path or is_url(path) != is_url(output) or (not is_url(path) and not os.path.exists(path)):
+            continue
+        source = _canonical(path)
+        relation = ("is" if out == source else "lies inside" if _inside(out, source) else
+                    "holds" if _inside(source, out) else None)
+        if relation:
+            raise UsageError(f"{flag}={output} {relation} the input {input_flag}={path}: writing there could destroy "
+                             f"it; pass another {flag}")
+
+
+def check_writable(path: str, flag: str, kind: str) -> None:
+    """Refuse, touching nothing, an output path of the wrong kind (kind: "dir" or "file") or one that cannot be
+    written: the nearest existing ancestor must be a writable directory."""
+    if is_url(path):
+        fs, p = filesystem(path)
+        bucket = p.split("/")[0]
+        try:
+            fs.ls(bucket)
+        except (OSError, FileNotFoundError) as e:
+            raise UsageError(f"{flag}={path}: cannot reach bucket {bucket} ({_reason(e)}): check the URL and "
+                             "credentials") from None
+        return
+    if os.path.isdir(path) and kind == "file":
+        raise UsageError(f"{flag}={path} is a directory: pass a file path")
+    if os.path.exists(path) and not os.path.isdir(path) and kind == "dir":
+        raise UsageError(f"{flag}={path} is a file: pass a directory")
+    ancestor = os.path.abspath(path if kind == "dir" else os.path.dirname(os.path.abspath(path)))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise UsageError(f"{flag}={path}: {ancestor} is a file, not a directory: pass another {flag}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}={path}: cannot write in {ancestor} ({_access_reason(ancestor)}): pass a "
+                         f"writable {flag}")
+
+
+def _access_reason(path: str) -> str:
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError:
+        pass
+    return "permission denied"
+
+
+def _reason(error: Exception) -> str:
+    return getattr(error, "strerror", None) or str(error).splitlines()[0][:120] or type(error).__name__
+
+
+def check_input_file(path: str, flag: str) -> None:
+    """A data file that exists, is a readable regular file and is not empty."""
+    if not os.path.exists(path):
+        raise UsageError(f"{flag}={path} does not exist: pass the path of the data file")
+    if os.path.isdir(path):
+        raise UsageError(f"{flag}={path} is a directory: pass the path of a data file")
+    try:
+        with open(path, "rb") as f:
+            empty = not f.read(1)
+    except OSError as e:
+        raise UsageError(f"{flag}={path} cannot be read ({_reason(e)}): check its permissions") from None
+    if empty:
+        raise UsageError(f"{flag}={path} is empty: pass a file with rows of text and label")
