@@ -1,10 +1,13 @@
-"""Keras callbacks: per-step scalars (TensorBoard + CSV), a profile window, step checkpoints.
+"""Keras callbacks of a training run: per-step scalars and progress lines, a profile window, checkpoints
+that are never written from non-finite values, and validation every N steps with the best weights and
+early stopping.
 
-Training runs one `fit` per epoch (each epoch has its own shuffled batch plan, and a resumed
-epoch starts mid-plan), so these callbacks count global steps themselves: `start_epoch` tells
-them the epoch's plan and the global step it starts at.
+Training runs one `fit` per epoch (each epoch has its own shuffled batch plan, and a resumed epoch
+starts mid-plan), so these callbacks count global steps themselves: `start_epoch` tells them the
+epoch's plan and the global step it starts at.
 """
 import csv
+import datetime
 import math
 import os
 import shutil
@@ -13,12 +16,39 @@ import time
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from absl import logging
 
-from trainer.cli import UsageError
+from trainer import model as model_lib
+from trainer import storage
 from trainer.data.stream import BatchPlan
+from trainer.errors import Diverged
 
 STEP_SCALARS = ("loss", "accuracy", "learning_rate", "examples_per_sec", "real_tokens_per_sec",
                 "padded_tokens_per_sec", "padding_efficiency")
+VALIDATION_SCALARS = ("loss", "accuracy", "f1")
+WINDOWED = ("loss", "accuracy")
+
+
+def append_csv(path: str, fields, row: dict) -> None:
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def drop_csv_rows_after(path: str, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop the killed run's rows for them."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [row for row in rows if int(row["step"]) <= step]
+    if len(kept) < len(rows):
+        os.remove(path)
+        for row in kept:
+            append_csv(path, rows[0].keys(), row)
 
 
 class EpochAware(tf_keras.callbacks.Callback):
@@ -34,71 +64,90 @@ class EpochAware(tf_keras.callbacks.Callback):
 
 
 class StepLogger(EpochAware):
-    """Every log_every_steps: loss, accuracy, learning rate, examples/s, real and padded tokens/s,
-    padding efficiency, to TensorBoard (logs/train) and steps.csv.
+    """Every log_every_steps: loss and accuracy over the steps since the last log (Keras' running means since
+    the fit began, differenced and weighted by each step's rows: exact), learning rate, examples/s, real and
+    padded tokens/s, padding efficiency, to TensorBoard (logs/train) and steps.csv, and a progress line.
 
-    Token counts come from the batch plan, so they are exact and cost nothing per step. The first
-    step of the run (tracing and compilation) is timed apart, as `first_step_seconds`.
+    Token counts come from the batch plan. Throughput counts only the time inside train steps (not validation
+    or checkpoints), and the run's first step (tracing and compilation) is timed apart (first_step_seconds).
     """
 
-    def __init__(self, log_dir: str, csv_path: str, log_every_steps: int, enabled: bool = True):
+    def __init__(self, log_dir: str, csv_path: str, log_every_steps: int, total_steps: int, enabled: bool = True):
         super().__init__()
-        self.log_every_steps, self.enabled, self.csv_path = log_every_steps, enabled, csv_path
+        self.csv_path, self.log_every_steps, self.total_steps, self.enabled = csv_path, log_every_steps, total_steps, enabled
         self.writer = tf.summary.create_file_writer(log_dir) if enabled else None
-        self.last_step, self.last_time = None, None
         self.first_step_seconds = None
         self.totals = {"examples": 0, "real_tokens": 0, "padded_tokens": 0, "seconds": 0.0}
 
+    def start_epoch(self, plan: BatchPlan, first_step: int) -> None:
+        super().start_epoch(plan, first_step)
+        self.rows_done = np.concatenate([[0], np.cumsum(plan.examples)])   # rows of this fit after k steps
+        self.logged = {"step": first_step, "rows": 0, "loss": 0.0, "accuracy": 0.0}
+        self.timed = {"step": first_step, "seconds": 0.0}
+        self.previous_step = first_step
+
     def on_train_batch_begin(self, batch, logs=None):
-        if self.last_time is None:
-            self.last_time, self.last_step = time.perf_counter(), self.first_step + batch
+        self.batch_start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self.global_step(batch)
-        if self.first_step_seconds is None:          # the run's first call: tracing + compilation
-            self.first_step_seconds = time.perf_counter() - self.last_time
-            self.last_time, self.last_step = time.perf_counter(), step
-            return
-        if step // self.log_every_steps > self.last_step // self.log_every_steps:
+        seconds, step = time.perf_counter() - self.batch_start, self.global_step(batch)
+        if self.first_step_seconds is None:          # the run's first call: tracing and compilation
+            self.first_step_seconds = seconds
+            self.timed = {"step": step, "seconds": 0.0}
+        else:
+            self.timed["seconds"] += seconds
+        if step // self.log_every_steps > self.previous_step // self.log_every_steps or step == self.total_steps:
             self._log(step, logs or {})
+        self.previous_step = step
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.last_time = None   # validation time is not training time
+    def _window(self, step: int, logs: dict) -> dict:
+        """Mean loss and accuracy over the rows of the steps since the last log."""
+        rows = int(self.rows_done[step - self.first_step])
+        totals = {key: float(logs.get(key, np.nan)) * rows for key in WINDOWED}
+        means = {key: (totals[key] - self.logged[key]) / max(1, rows - self.logged["rows"]) for key in WINDOWED}
+        self.logged = {"step": step, "rows": rows, **totals}
+        return means
 
     def _log(self, step: int, logs: dict) -> None:
-        now = time.perf_counter()
-        seconds = now - self.last_time
-        done = slice(self.last_step - self.first_step, step - self.first_step)
-        examples = int(self.plan.examples[done].sum())
-        real, padded = int(self.plan.real_tokens[done].sum()), int(self.plan.padded_tokens[done].sum())
-        for key, value in (("examples", examples), ("real_tokens", real), ("padded_tokens", padded),
-                           ("seconds", seconds)):
-            self.totals[key] += value
+        row = {"step": step, **self._window(step, logs)}
         optimizer = self.model.optimizer
         rate = optimizer.learning_rate
-        row = {
-            "step": step,
-            "loss": float(logs.get("loss", np.nan)),
-            "accuracy": float(logs.get("accuracy", np.nan)),
-            "learning_rate": float(rate(optimizer.iterations) if callable(rate) else rate),
-            "examples_per_sec": examples / seconds,
-            "real_tokens_per_sec": real / seconds,
-            "padded_tokens_per_sec": padded / seconds,
-            "padding_efficiency": real / max(1, padded),
-        }
-        self.last_time, self.last_step = now, step
+        row["learning_rate"] = float(rate(optimizer.iterations) if callable(rate) else rate)
+        timed = slice(self.timed["step"] - self.first_step, step - self.first_step)
+        seconds = self.timed["seconds"]
+        if seconds > 0:
+            counts = {"examples": int(self.plan.examples[timed].sum()),
+                      "real_tokens": int(self.plan.real_tokens[timed].sum()),
+                      "padded_tokens": int(self.plan.padded_tokens[timed].sum()), "seconds": seconds}
+            for key, value in counts.items():
+                self.totals[key] += value
+            row.update(examples_per_sec=counts["examples"] / seconds, real_tokens_per_sec=counts["real_tokens"] / seconds,
+                       padded_tokens_per_sec=counts["padded_tokens"] / seconds,
+                       padding_efficiency=counts["real_tokens"] / max(1, counts["padded_tokens"]))
+            eta = datetime.timedelta(seconds=round((self.total_steps - step) * seconds / (step - self.timed["step"])))
+        self.timed = {"step": step, "seconds": 0.0}
         if not self.enabled:
             return
+        logging.info("step %d/%d  loss %.4f  accuracy %.4f%s", step, self.total_steps, row["loss"], row["accuracy"],
+                     f"  {row['examples_per_sec']:.1f} examples/s  ETA {eta}" if seconds > 0 else "")
         with self.writer.as_default(step=step):
             for name in STEP_SCALARS:
-                tf.summary.scalar(name, row[name])
+                if name in row:
+                    tf.summary.scalar(name, row[name])
         self.writer.flush()
-        new_file = not os.path.exists(self.csv_path)
-        with open(self.csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["step", *STEP_SCALARS])
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+        append_csv(self.csv_path, ["step", *STEP_SCALARS], row)
+
+
+class EpochProgbar(tf_keras.callbacks.ProgbarLogger):
+    """Keras' progress bar (on a terminal), headed `Epoch e/E` of the whole run although each fit is one epoch."""
+
+    def __init__(self, epochs: int):
+        super().__init__(count_mode="steps")
+        self.run_epochs = epochs
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.run_epochs
 
 
 class Profile(EpochAware):
@@ -115,8 +164,7 @@ class Profile(EpochAware):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.running and self.global_step(batch) >= self.stop:
-            tf.profiler.experimental.stop()
-            self.running = False
+            self.on_train_end()
 
     def on_train_end(self, logs=None):
         if self.running:
@@ -124,33 +172,19 @@ class Profile(EpochAware):
             self.running = False
 
 
-class StopOnNonFiniteLoss(EpochAware):
-    """End the run at the first NaN/inf loss, before a later callback could checkpoint those weights."""
-
-    def __init__(self, last_checkpoint):
-        super().__init__()
-        self.last_checkpoint = last_checkpoint   # () -> the newest checkpoint path, or None
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            kept = self.last_checkpoint()
-            raise UsageError(f"the loss became {loss} at step {self.global_step(batch)}: lower --learning_rate "
-                             f"(or use --mixed_precision=bf16/none); "
-                             f"{'the last checkpoint ' + os.path.basename(kept) + ' is intact' if kept else 'no checkpoint was written'}")
-
-
 class Checkpoint(EpochAware):
-    """Save model + optimizer every `every_steps` global steps (and on request).
+    """Save weights, optimizer and step every `every_steps` global steps (and on request), never from
+    non-finite values: a non-finite loss, or weights that are not all finite at a save, end the run with
+    Diverged naming the last checkpoint (all of whose weights were checked finite when it was written).
 
-    Every worker must take part in a save (it runs collective ops), with the same calls: the
-    chief's manager writes to the run's directory, the others' to a scratch directory that is
-    emptied after each save.
+    Every worker must take part in a save (it runs collective ops), with the same calls: the chief's
+    manager writes to the run's directory, the others' to a scratch directory emptied after each save.
+    `on_saved` runs after each save (a bucket run directory uploads it).
     """
 
-    def __init__(self, manager: tf.train.CheckpointManager, every_steps: int, is_chief: bool):
+    def __init__(self, manager: tf.train.CheckpointManager, every_steps: int, is_chief: bool, on_saved=lambda: None):
         super().__init__()
-        self.manager, self.every_steps, self.is_chief = manager, every_steps, is_chief
+        self.manager, self.every_steps, self.is_chief, self.on_saved = manager, every_steps, is_chief, on_saved
         self.saved_step, self.stop_requested = None, False
 
     def request_stop(self, signum=None, frame=None) -> None:
@@ -163,18 +197,119 @@ class Checkpoint(EpochAware):
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.global_step(batch)   # may advance by steps_per_execution at a time
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise self.diverged(f"the loss became {loss} at step {step}")
         if self.stop_requested or step // self.every_steps > self.previous_step // self.every_steps:
             self.save(step)
         if self.stop_requested:
             self.model.stop_training = True
         self.previous_step = step
 
+    def diverged(self, what: str) -> Diverged:
+        kept = self.manager.latest_checkpoint if self.is_chief else None
+        last = (f"the last checkpoint, {os.path.basename(kept)}, holds finite weights: lower the rate and rerun to "
+                "resume from it" if kept else "no checkpoint was written")
+        return Diverged(f"{what}: lower --learning_rate (with fp16, try --mixed_precision=bf16); {last}")
+
     def save(self, step: int) -> None:
         if step == self.saved_step:
             return
+        if not model_lib.weights_are_finite(self.model):
+            raise self.diverged(f"the weights are not all finite after step {step}")
         self.manager.save(checkpoint_number=step)
         if not self.is_chief:
-            for name in os.listdir(self.manager.directory):
-                path = os.path.join(self.manager.directory, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            _empty(self.manager.directory)
         self.saved_step = step
+        self.on_saved()
+
+
+def _empty(directory: str) -> None:
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+class Best:
+    """The best weights by a validation metric, kept apart from the rolling checkpoints (RUN/best, with
+    best.json naming their step, metric and value), so max_to_keep never deletes them and a resume keeps them.
+
+    Every worker reads the run's best.json (all must take the same decisions) and saves at the same steps
+    (saving is collective): the chief into RUN/best, the others into a scratch directory of their own.
+    """
+
+    def __init__(self, classifier, run_best_dir: str, metric: str, resumed_step: int, save_dir: str | None = None):
+        self.metric, self.run_best_dir, self.resumed_step = metric, run_best_dir, resumed_step
+        checkpoint = tf.train.Checkpoint(model=classifier)
+        self.manager = tf.train.CheckpointManager(checkpoint, save_dir or run_best_dir, max_to_keep=1)
+        self.is_chief = save_dir is None
+        kept = storage.read_json(os.path.join(run_best_dir, "best.json"))
+        self.step = self.value = None
+        if kept and kept["step"] <= resumed_step and tf.train.latest_checkpoint(run_best_dir):
+            self.step, self.value = kept["step"], kept["value"]   # else: from steps a resume repeats
+
+    def improves(self, metrics: dict) -> bool:
+        value = metrics[self.metric]
+        return self.value is None or (value < self.value if self.metric == "loss" else value > self.value)
+
+    def keep(self, step: int, metrics: dict) -> None:
+        self.manager.save(checkpoint_number=step)
+        self.step, self.value = step, metrics[self.metric]
+        if self.is_chief:
+            storage.write_json(os.path.join(self.run_best_dir, "best.json"), self.summary())
+
+    def summary(self) -> dict:
+        return {"step": self.step, "metric": self.metric, "value": self.value}
+
+    def restore(self) -> None:
+        """Put the best weights back into the model (from this worker's own save, or the run's)."""
+        path = self.manager.latest_checkpoint or tf.train.latest_checkpoint(self.run_best_dir)
+        self.manager.checkpoint.restore(path).expect_partial()
+
+
+class Validation(EpochAware):
+    """Validate every `every_steps` global steps (and, when asked, at the end): loss, accuracy and f1 to
+    TensorBoard (logs/validation, at the global step), validation.csv and a log line; keep the best weights;
+    stop after `patience` validations without improvement. Every worker validates (it is collective under
+    multi-worker and its sums are all-reduced, so every worker takes the same decisions); the chief writes."""
+
+    def __init__(self, scorer, dataset_fn, every_steps: int, best: Best, patience: int | None, log_dir: str,
+                 csv_path: str, enabled: bool, after_validation=lambda: None):
+        super().__init__()
+        self.scorer, self.dataset_fn, self.every_steps, self.best, self.patience = scorer, dataset_fn, every_steps, best, patience
+        self.csv_path, self.enabled, self.after_validation = csv_path, enabled, after_validation
+        self.writer = tf.summary.create_file_writer(log_dir) if enabled else None
+        self.validated_step, self.stopped_early_at = None, None
+        resumed = best.resumed_step
+        self.without_improvement = resumed // every_steps - (best.step or 0) // every_steps
+
+    def start_epoch(self, plan: BatchPlan, first_step: int) -> None:
+        super().start_epoch(plan, first_step)
+        self.previous_step = first_step
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.global_step(batch)
+        if step // self.every_steps > self.previous_step // self.every_steps:
+            self.validate(step)
+        self.previous_step = step
+
+    def validate(self, step: int) -> dict:
+        metrics = self.scorer.score(self.dataset_fn())
+        self.validated_step = step
+        improved = self.best.improves(metrics)
+        if improved:
+            self.best.keep(step, metrics)
+        self.without_improvement = 0 if improved else self.without_improvement + 1
+        if self.patience and self.without_improvement >= self.patience:
+            self.model.stop_training, self.stopped_early_at = True, step
+        if self.enabled:
+            logging.info("validation at step %d: loss %.4f  accuracy %.4f  f1 %.4f%s", step, metrics["loss"],
+                         metrics["accuracy"], metrics["f1"], "  (best so far)" if improved else
+                         f"  (best: step {self.best.step}{', stopping early' if self.stopped_early_at else ''})")
+            with self.writer.as_default(step=step):
+                for name in VALIDATION_SCALARS:
+                    tf.summary.scalar(name, metrics[name])
+            self.writer.flush()
+            append_csv(self.csv_path, ["step", *VALIDATION_SCALARS, "examples"], {"step": step, **metrics})
+        self.after_validation()
+        return metrics

@@ -9,15 +9,14 @@
   tpu           TPUStrategy on --tpu (a name, or "local" on a TPU VM)
 """
 import glob
-import json
 import os
 
 import tensorflow as tf
 from absl import logging
 
-from trainer.cli import UsageError
-
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+from trainer import runtime
+from trainer.config import STRATEGIES
+from trainer.errors import UsageError
 
 
 def tpu_attached() -> bool:
@@ -41,27 +40,17 @@ def resolve_strategy(name: str, tpu: str | None = None, num_gpus: int | None = N
     if name == "tpu":
         strategy = _tpu_strategy(tpu or "local")
     elif name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise UsageError("--strategy=multi_worker needs TF_CONFIG naming the cluster and this task: set it on "
-                             "each host, or start local workers with scripts/launch_local_workers.py")
-        _check_tf_config(os.environ["TF_CONFIG"])
+        runtime.multi_worker_task()      # TF_CONFIG names the cluster and this task
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    elif name == "mirrored":
-        devices = gpus[:num_gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        strategy = tf.distribute.MirroredStrategy(devices)
+    elif name == "mirrored" and gpus:
+        strategy = tf.distribute.MirroredStrategy(gpus[:num_gpus])
+    elif name == "mirrored":   # CPU devices: plain reductions (collective ops would gain nothing here)
+        strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")],
+                                                  cross_device_ops=tf.distribute.ReductionToOneDevice())
     else:
         strategy = tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
     logging.info("strategy %s: %d replica(s)", strategy_name(strategy), strategy.num_replicas_in_sync)
     return strategy
-
-
-def _check_tf_config(text: str) -> None:
-    try:
-        config = json.loads(text)
-        config["cluster"], config["task"]["type"], config["task"]["index"]
-    except (ValueError, KeyError, TypeError):
-        raise UsageError('TF_CONFIG must be JSON like {"cluster": {"worker": ["host:port", ...]}, '
-                         '"task": {"type": "worker", "index": 0}}') from None
 
 
 def _tpu_strategy(tpu: str) -> tf.distribute.TPUStrategy:
@@ -98,3 +87,15 @@ def worker_count_and_index(strategy: tf.distribute.Strategy) -> tuple[int, int]:
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """The one task that writes summaries, checkpoints, metrics and exports."""
     return worker_count_and_index(strategy)[1] == 0
+
+
+def per_replica(dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, num_workers: int):
+    """This worker's batches as a distributed dataset: each batch (this worker's share of a global batch, of
+    any size) is cut into equal parts, one per local replica, so token-sized batches distribute too."""
+    local = strategy.num_replicas_in_sync // num_workers
+    if local > 1:
+        def split(features, labels):
+            return tf.nest.map_structure(lambda t: tf.reshape(t, tf.concat([[local, -1], tf.shape(t)[1:]], 0)),
+                                         (features, labels))
+        dataset = dataset.map(split).unbatch()
+    return strategy.distribute_datasets_from_function(lambda context: dataset)

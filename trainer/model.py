@@ -1,10 +1,11 @@
-"""The classifier: a pretrained BERT (hub id, TF weights, or PyTorch-layout safetensors) with a new head.
+"""The classifier: a pretrained BERT (hub id, TF weights, or PyTorch-layout safetensors) with a new head,
+and the optimizer and compile settings every training run and benchmark share.
 
 transformers' TF `from_pretrained` cannot read PyTorch-layout safetensors without torch
 ("'builtins.safe_open' object is not iterable"), so those are read with safetensors.numpy and
 loaded with transformers' own PyTorch->TF name mapping. Build inside `strategy.scope()`.
 """
-import glob
+import math
 import os
 
 import numpy as np
@@ -15,10 +16,9 @@ from absl import logging
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
 from trainer import hub
-from trainer.cli import UsageError
-
-PRECISIONS = ("auto", "none", "fp16", "bf16")
-KERAS_POLICY = {"none": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
+from trainer.config import KERAS_POLICY, TrainConfig  # noqa: F401  (KERAS_POLICY: used as model.KERAS_POLICY)
+from trainer.errors import UsageError
+NO_WEIGHT_DECAY = ["LayerNorm", "layer_norm", "bias"]       # as transformers.create_optimizer
 
 
 def resolve_precision(precision: str, strategy: tf.distribute.Strategy) -> str:
@@ -32,23 +32,25 @@ def resolve_precision(precision: str, strategy: tf.distribute.Strategy) -> str:
     return "fp16" if capabilities and min(capabilities) >= (7, 0) else "none"
 
 
-def build_classifier(model: str, label_names: list[str], *, classifier_dropout: float | None = None,
-                     freeze_encoder: bool = False, freeze_layers: int = 0) -> transformers.TFPreTrainedModel:
-    """A TFAutoModelForSequenceClassification with pretrained encoder weights and a fresh head."""
-    model_dir = hub.resolve(model)
+def build_classifier(model_dir: str, label_names: list[str], *, classifier_dropout: float | None = None,
+                     freeze_encoder: bool = False, freeze_layers: int = 0,
+                     freeze_embeddings: bool = False) -> transformers.TFPreTrainedModel:
+    """A TFAutoModelForSequenceClassification with the pretrained encoder weights of the local `model_dir`
+    and a fresh head."""
     overrides = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                      label2id={name: i for i, name in enumerate(label_names)})
     if classifier_dropout is not None:
         overrides["classifier_dropout"] = classifier_dropout
     config = hub.load_config(model_dir, **overrides)
-    if os.path.exists(os.path.join(model_dir, "tf_model.h5")):
+    weights = hub.check_weights(model_dir)
+    if weights.endswith(".h5"):
         classifier = transformers.TFAutoModelForSequenceClassification.from_pretrained(
             model_dir, config=config, ignore_mismatched_sizes=True)
     else:
         classifier = transformers.TFAutoModelForSequenceClassification.from_config(config)
         classifier.build_in_name_scope()
         _load_pytorch_safetensors(classifier, model_dir)
-    _freeze(classifier, freeze_encoder, freeze_layers)
+    _freeze(classifier, freeze_encoder, freeze_layers, freeze_embeddings)
     return classifier
 
 
@@ -56,26 +58,16 @@ def load_export(model_dir: str) -> transformers.TFPreTrainedModel:
     """A fine-tuned classifier saved by trainer-train (RUN/export) or any save_pretrained TF classifier."""
     if not os.path.isdir(model_dir):
         raise UsageError(f"model directory {model_dir} does not exist: pass --model_dir=<run>/export")
-    if not os.path.exists(os.path.join(model_dir, "tf_model.h5")):
-        raise UsageError(f"{model_dir} holds no tf_model.h5: pass the export/ directory of a training run")
+    hub.check_weights(model_dir, tf_only=True)
     return transformers.TFAutoModelForSequenceClassification.from_pretrained(model_dir)
 
 
 def _load_pytorch_safetensors(classifier, model_dir: str) -> None:
-    from safetensors import safe_open
     from safetensors.numpy import load_file
-    files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
-    if not files:
-        found = ", ".join(sorted(os.listdir(model_dir)))
-        raise UsageError(f"{model_dir} holds no tf_model.h5 or *.safetensors weights (found: {found}): "
-                         "pass a directory saved with save_pretrained")
-    with safe_open(files[0], framework="np") as f:
-        if (f.metadata() or {}).get("format") == "tf":
-            raise UsageError(f"{files[0]} is TF-layout safetensors: save it as tf_model.h5 (save_pretrained "
-                             "with safe_serialization=False)")
     state = {}
-    for path in files:
-        state.update(load_file(path))
+    for name in sorted(os.listdir(model_dir)):
+        if name.endswith(".safetensors"):
+            state.update(load_file(os.path.join(model_dir, name)))
     _, info = load_pytorch_state_dict_in_tf2_model(classifier, state, allow_missing_keys=True,
                                                    output_loading_info=True)
     head = {"classifier", "pre_classifier", "score"}
@@ -86,18 +78,72 @@ def _load_pytorch_safetensors(classifier, model_dir: str) -> None:
     logging.info("loaded %d tensors from %s; new: %s", len(state), model_dir, ", ".join(info["missing_keys"]))
 
 
-def _freeze(classifier, freeze_encoder: bool, freeze_layers: int) -> None:
-    """freeze_encoder: train only the head. freeze_layers=N: embeddings and the first N layers fixed."""
+def _freeze(classifier, freeze_encoder: bool, freeze_layers: int, freeze_embeddings: bool) -> None:
+    """freeze_encoder: train only the head. freeze_layers=N: embeddings and the first N layers fixed.
+    freeze_embeddings: the embedding layer (word, position, token-type, its LayerNorm) fixed."""
     encoder = getattr(classifier, classifier.base_model_prefix)
     if freeze_encoder:
         encoder.trainable = False
-    elif freeze_layers:
+        return
+    if freeze_layers:
         layers = encoder.encoder.layer
         if freeze_layers > len(layers):
             raise UsageError(f"--freeze_layers={freeze_layers} but the model has {len(layers)} layers")
-        encoder.embeddings.trainable = False
         for layer in layers[:freeze_layers]:
             layer.trainable = False
+    if freeze_layers or freeze_embeddings:
+        encoder.embeddings.trainable = False
+
+
+class LazyAdamWeightDecay(transformers.AdamWeightDecay):
+    """AdamW whose sparse update (an embedding's gradient arrives as IndexedSlices) touches only the rows the
+    batch used: their moments, their decoupled weight decay, their values. Dense variables are updated as by
+    transformers' AdamWeightDecay. Rows a batch does not use keep their moments until they are used again
+    (as LazyAdam in TensorFlow Addons): the cost of a step no longer grows with the vocabulary."""
+
+    def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
+        coefficients = ((apply_state or {}).get((var.device, var.dtype.base_dtype))
+                        or self._fallback_apply_state(var.device, var.dtype.base_dtype))
+        m, v = self.get_slot(var, "m"), self.get_slot(var, "v")
+        m_rows = coefficients["beta_1_t"] * tf.gather(m, indices) + coefficients["one_minus_beta_1_t"] * grad
+        v_rows = coefficients["beta_2_t"] * tf.gather(v, indices) + coefficients["one_minus_beta_2_t"] * grad * grad
+        step = coefficients["lr"] * m_rows / (tf.sqrt(v_rows) + coefficients["epsilon"])
+        if self._do_use_weight_decay(var.name):
+            step += coefficients["lr_t"] * coefficients["weight_decay_rate"] * tf.gather(var, indices)
+        return tf.group(m.scatter_update(tf.IndexedSlices(m_rows, indices)),
+                        v.scatter_update(tf.IndexedSlices(v_rows, indices)),
+                        var.scatter_sub(tf.IndexedSlices(step, indices)))
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> transformers.AdamWeightDecay:
+    """AdamW with transformers' schedule (linear warm-up, then linear decay to 0): lazy on embedding rows unless
+    --embedding_update=dense."""
+    _, schedule = transformers.create_optimizer(config.learning_rate, num_train_steps=total_steps,
+                                                num_warmup_steps=int(config.warmup_ratio * total_steps),
+                                                weight_decay_rate=config.weight_decay)
+    kind = LazyAdamWeightDecay if config.embedding_update == "lazy" else transformers.AdamWeightDecay
+    return kind(learning_rate=schedule, weight_decay_rate=config.weight_decay, epsilon=1e-8,
+                exclude_from_weight_decay=NO_WEIGHT_DECAY)
+
+
+def compile_classifier(classifier, config: TrainConfig, total_steps: int) -> None:
+    """Optimizer, float32 loss, accuracy, XLA and steps per call: as every run and benchmark compiles."""
+    classifier.compile(optimizer=make_optimizer(config, total_steps), loss=loss_fn,
+                       metrics=[tf_keras.metrics.SparseCategoricalAccuracy("accuracy")],
+                       jit_compile=config.xla, steps_per_execution=config.steps_per_execution)
+
+
+def build_and_compile(model_dir: str, label_names: list[str], config: TrainConfig, total_steps: int):
+    """The classifier of a training run, compiled; call inside strategy.scope()."""
+    classifier = build_classifier(model_dir, label_names, classifier_dropout=config.classifier_dropout,
+                                  freeze_encoder=config.freeze_encoder, freeze_layers=config.freeze_layers,
+                                  freeze_embeddings=config.embedding_update == "frozen")
+    compile_classifier(classifier, config, total_steps)
+    return classifier
+
+
+def weights_are_finite(classifier) -> bool:
+    return all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in classifier.weights if w.dtype.is_floating)
 
 
 def loss_fn(labels, logits):
@@ -108,3 +154,7 @@ def loss_fn(labels, logits):
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def total_steps(steps_per_epoch: int, config: TrainConfig) -> int:
+    return int(min(config.max_steps or math.inf, config.epochs * steps_per_epoch))

@@ -1,20 +1,20 @@
-"""trainer-train: fine-tune a pretrained BERT on a prepared dataset; `run(config) -> stats`.
+"""run(config) -> stats: fine-tune a pretrained BERT on a prepared dataset, in named phases.
 
-The flow: strategy -> precision policy -> model, optimizer and checkpoint inside strategy.scope()
--> one `fit` per epoch over that epoch's batch plan (a resumed epoch starts at its saved step)
--> test metrics -> export. Only the chief writes logs, checkpoints, metrics and the export.
+  checks.for_train -> RunDir (lock) -> setup -> load_data -> build -> restore -> make_callbacks
+  -> train_loop -> finish (stats, best or last weights exported, test metrics, metrics.json)
+
+Only the chief writes the run directory; every worker takes part in the collective steps.
 
 OUTPUT_DIR/
-  logs/train, logs/validation   TensorBoard: per-step scalars, epoch curves, profile
-  steps.csv, epochs.csv         the same scalars as CSV
+  logs/train, logs/validation   TensorBoard: per-step scalars, validation at the global step, profile
+  steps.csv, validation.csv     the same scalars as CSV
   checkpoints/                  weights + optimizer + step, every --checkpoint_every_steps
-  export/                       save_pretrained model + tokenizer
-  metrics.json                  test metrics, global_step, examples_seen, throughput
+  best/                         the best weights by --best_metric, and best.json
+  export/                       save_pretrained model + tokenizer (+ trainer.json)
+  metrics.json                  test metrics, best, global_step, examples_seen, throughput (last: a finished run)
 """
 import dataclasses
 import hashlib
-import json
-import math
 import os
 import shutil
 import signal
@@ -22,190 +22,324 @@ import sys
 import tempfile
 import time
 
+import datasets
 import numpy as np
 import tensorflow as tf
 import tf_keras
-import transformers
 from absl import logging
 
-from trainer import callbacks, cli, distribute, files, hub
-from trainer import evaluate as evaluate_lib
-from trainer import flags as trainer_flags
+from trainer import callbacks, checks, distribute, metrics, storage
 from trainer import model as model_lib
-from trainer.cli import UsageError
 from trainer.config import TrainConfig
-from trainer.data import prepare
 from trainer.data import stream as stream_lib
+from trainer.errors import UsageError
 
-METRICS = "metrics.json"
+METRICS = checks.METRICS
 
 
-def run(config: TrainConfig) -> dict:
-    """Train, evaluate on the test split, export; return the stats also written to metrics.json."""
+def run(config: TrainConfig, inputs: checks.TrainInputs | None = None) -> dict:
+    """Train, validate, export, score the test split; return the stats also written to metrics.json."""
     start = time.time()
-    finished = os.path.exists(os.path.join(config.output_dir, METRICS))
-    if finished and not config.overwrite_output_dir:
-        raise UsageError(f"{config.output_dir} holds a finished run (metrics.json): pass "
-                         "--overwrite_output_dir to start afresh, or another --output_dir")
+    inputs = inputs or checks.for_train(config)
+    with storage.RunDir(config.output_dir, writer=inputs.is_chief) as run_dir:
+        if inputs.finished:
+            run_dir.reset()      # --overwrite_output_dir, and every input checked: only now the old run goes
+        setup = make_setup(config)
+        data = load_data(config, inputs, setup)
+        trainable = build(config, inputs, setup, data, run_dir)
+        try:
+            resumed_from_step = restore(config, trainable, run_dir, data)
+            hooks = make_callbacks(config, setup, data, trainable, run_dir, resumed_from_step)
+            loop = train_loop(config, setup, data, trainable, hooks, resumed_from_step)
+            return finish(config, inputs, setup, data, trainable, hooks, loop, run_dir, start)
+        finally:
+            if trainable.scratch:
+                shutil.rmtree(trainable.scratch, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    strategy: tf.distribute.Strategy
+    precision: str
+    num_workers: int
+    worker_index: int
+
+    @property
+    def is_chief(self) -> bool:
+        return self.worker_index == 0
+
+    @property
+    def on_tpu(self) -> bool:
+        return isinstance(self.strategy, tf.distribute.TPUStrategy)
+
+    def distribute(self, dataset: tf.data.Dataset):
+        return distribute.per_replica(dataset, self.strategy, self.num_workers)
+
+
+def make_setup(config: TrainConfig) -> Setup:
+    """Strategy, seeds and precision policy."""
     strategy = distribute.resolve_strategy(config.strategy, config.tpu, config.num_gpus)
     tf_keras.utils.set_random_seed(config.seed)
-    manifest = prepare.load_manifest(config.data_dir)
-    data = prepare.load(config.data_dir)
-    train_split = _split(data, "train", config.data_dir)
-    if config.max_train_examples and config.max_train_examples < len(train_split):   # a seeded random subset
-        subset = np.random.default_rng(config.seed).choice(len(train_split), config.max_train_examples, replace=False)
-        train_split = train_split.select(np.sort(subset))
-    label_names = train_split.features["label"].names
-    model_dir = hub.resolve(config.model)
-    tokenizer = hub.load_tokenizer(model_dir)
-    if prepare.tokenizer_fingerprint(tokenizer) != manifest["settings"]["tokenizer"]:
-        raise UsageError(f"{config.model}'s tokenizer differs from the one {config.data_dir} was prepared with "
-                         f"({manifest['tokenizer']['name_or_path']}): prepare the data with --model={config.model}")
-    max_length = config.max_length or manifest["max_length"]
-    positions = hub.max_positions(hub.load_config(model_dir))
-    if positions and max_length > positions:
-        raise UsageError(f"--max_length={max_length} is above the {positions} positions of {config.model}")
-
-    num_workers, worker_index = distribute.worker_count_and_index(strategy)
-    chief = worker_index == 0
-    on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
     precision = model_lib.resolve_precision(config.mixed_precision, strategy)
     tf_keras.mixed_precision.set_global_policy(model_lib.KERAS_POLICY[precision])
-    global_batch_size = config.per_replica_batch_size * strategy.num_replicas_in_sync
-    steps_per_epoch = len(train_split) // global_batch_size   # every mode drops only the last partial batch
-    if steps_per_epoch == 0:
-        raise UsageError(f"{len(train_split)} training rows make no global batch of {global_batch_size}: "
-                         "lower --per_replica_batch_size")
+    return Setup(strategy, precision, *distribute.worker_count_and_index(strategy))
 
-    def train_stream(epoch: int, start_step: int = 0) -> stream_lib.Stream:
-        """This worker's shard of the epoch, from start_step on (every worker plans the same global batches)."""
-        return stream_lib.stream(
-            train_split, classifier, tokenizer, global_batch_size=global_batch_size, padding=config.padding,
-            max_length=max_length, pad_to_multiple_of=config.pad_to_multiple_of, shuffle=True, seed=config.seed,
-            epoch=epoch, start_step=start_step, drop_remainder=True, num_shards=num_workers,
-            shard_index=worker_index, static_shapes=on_tpu)
 
-    def distributed(dataset: tf.data.Dataset):
-        """Single worker: Keras splits each global batch over the replicas. Multi-worker: each worker
-        feeds its own shard, cut into per-replica batches for its local replicas."""
-        if num_workers == 1:
-            return dataset
-        per_replica = global_batch_size // strategy.num_replicas_in_sync
-        return strategy.distribute_datasets_from_function(lambda context: dataset.rebatch(per_replica))
+@dataclasses.dataclass(frozen=True)
+class Data:
+    splits: dict                   # name -> datasets.Dataset (train possibly a seeded subset)
+    label_names: list
+    plan_args: dict                # plan_batches arguments shared by every epoch and evaluation
+    steps_per_epoch: int
+    total_steps: int
+    seed: int
 
-    with strategy.scope():
-        classifier = model_lib.build_classifier(
-            config.model, label_names, classifier_dropout=config.classifier_dropout,
-            freeze_encoder=config.freeze_encoder, freeze_layers=config.freeze_layers)
-        total_steps = min(config.max_steps or math.inf, config.epochs * steps_per_epoch)
-        optimizer, _ = transformers.create_optimizer(
-            config.learning_rate, num_train_steps=total_steps, num_warmup_steps=int(config.warmup_ratio * total_steps),
-            weight_decay_rate=config.weight_decay)
-        classifier.compile(optimizer=optimizer, loss=model_lib.loss_fn,
-                           metrics=[tf_keras.metrics.SparseCategoricalAccuracy("accuracy")],
-                           jit_compile=config.xla, steps_per_execution=config.steps_per_execution)
+    def plan(self, split: str, epoch: int = 0, start_step: int = 0, train: bool = True) -> stream_lib.BatchPlan:
+        """A training epoch's plan (shuffled by (seed, epoch), from start_step), or an evaluation split's."""
+        lengths = stream_lib.lengths_of(self.splits[split])
+        if train:
+            return stream_lib.plan_batches(lengths, shuffle=True, seed=self.seed, epoch=epoch, start_step=start_step,
+                                           drop_remainder=True, **self.plan_args)
+        boundaries = self.plan_args.get("boundaries")   # the training shapes, stretched to this split's longest row
+        if boundaries:
+            longest = min(int(lengths.max(initial=0)), self.plan_args["max_length"])
+            boundaries = (*boundaries[:-1], max(boundaries[-1], longest))
+        return stream_lib.plan_batches(lengths, **{**self.plan_args, "boundaries": boundaries})
+
+    def examples_before(self, step: int) -> int:
+        """Training rows in the run's first `step` steps (batches may differ in size)."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        per_epoch = int(self.plan("train").examples.sum())
+        return epoch * per_epoch + int(self.plan("train", epoch).examples[:offset].sum())
+
+
+def load_data(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup) -> Data:
+    """The splits (memory-mapped), a seeded training subset if asked, and the batch plan's settings."""
+    splits = dict(inputs.data.load())
+    train = splits["train"]
+    if config.max_train_examples and config.max_train_examples < len(train):
+        subset = np.random.default_rng(config.seed).choice(len(train), config.max_train_examples, replace=False)
+        splits["train"] = train = train.select(np.sort(subset))
+    replicas = setup.strategy.num_replicas_in_sync
+    plan_args = dict(padding=config.padding, max_length=inputs.max_length, pad_to_multiple_of=config.pad_to_multiple_of,
+                     num_shards=setup.num_workers, replicas=replicas)
+    if config.batch_tokens:
+        plan_args["batch_tokens"] = config.batch_tokens
+    else:
+        plan_args["global_batch_size"] = config.per_replica_batch_size * replicas
+    if config.padding == "bucket":   # the same <= 8 boundaries for every epoch, from the whole training split
+        lengths = np.minimum(stream_lib.lengths_of(train), inputs.max_length)
+        plan_args["boundaries"] = stream_lib.bucket_boundaries(lengths, pad_to_multiple_of=config.pad_to_multiple_of)
+    first = stream_lib.plan_batches(stream_lib.lengths_of(train), drop_remainder=True, **plan_args)
+    if first.steps == 0:
+        raise UsageError(f"{len(train)} training rows make no full global batch: lower --per_replica_batch_size "
+                         "or --batch_tokens")
+    if first.truncated_rows:
+        logging.info("%d training rows are longer than max_length=%d: truncated as they are streamed",
+                     first.truncated_rows, inputs.max_length)
+    return Data({name: split for name, split in splits.items() if len(split)}, train.features["label"].names,
+                plan_args, first.steps, model_lib.total_steps(first.steps, config), config.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainable:
+    classifier: object
+    tokenizer: object
+    manager: tf.train.CheckpointManager
+    scratch: str | None              # other workers' directory for the saves they must take part in
+
+
+def build(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup, data: Data, run_dir) -> Trainable:
+    """The classifier, optimizer and checkpoint, made inside the strategy's scope."""
+    with setup.strategy.scope():
+        classifier = model_lib.build_and_compile(inputs.model.dir, data.label_names, config, data.total_steps)
         checkpoint = tf.train.Checkpoint(model=classifier, optimizer=classifier.optimizer)
-    if finished:      # --overwrite_output_dir, and every input checked: only now remove the old run
-        shutil.rmtree(config.output_dir)
-    checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    scratch = None if setup.is_chief else tempfile.mkdtemp(prefix="worker-scratch-")   # checkpoints/, best/
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(scratch or run_dir.path, "checkpoints"), max_to_keep=2)
+    return Trainable(classifier, inputs.model.tokenizer, manager, scratch)
+
+
+def restore(config: TrainConfig, trainable: Trainable, run_dir, data: Data) -> int:
+    """Resume from the run's last checkpoint, if any; return the step it holds."""
+    latest = tf.train.latest_checkpoint(os.path.join(run_dir.path, "checkpoints"))
     if latest:
-        checkpoint.restore(latest).expect_partial()
+        trainable.manager.checkpoint.restore(latest).expect_partial()
         logging.info("resumed from %s", latest)
-    scratch = None if chief else tempfile.mkdtemp(prefix="worker-checkpoints-")
-    manager = tf.train.CheckpointManager(checkpoint, scratch or checkpoint_dir, max_to_keep=2)
-    global_step = resumed_from_step = int(classifier.optimizer.iterations.numpy())
-    if config.profile_steps and not resumed_from_step < config.profile_steps[1] <= total_steps:
+    step = int(trainable.classifier.optimizer.iterations.numpy())
+    if config.profile_steps and not step < config.profile_steps[1] <= data.total_steps:
         raise UsageError(f"--profile_steps={config.profile_steps[0]},{config.profile_steps[1]} lies outside this "
-                         f"run's steps {resumed_from_step + 1}..{total_steps}: choose steps inside it")
+                         f"run's steps {step + 1}..{data.total_steps}: choose steps inside it")
+    for name in ("steps.csv", "validation.csv"):
+        callbacks.drop_csv_rows_after(os.path.join(run_dir.path, name), step)
+    return step
 
-    logs = os.path.join(config.output_dir, "logs")
-    step_logger = callbacks.StepLogger(os.path.join(logs, "train"), os.path.join(config.output_dir, "steps.csv"),
-                                       config.log_every_steps, enabled=chief)
-    saver = callbacks.Checkpoint(manager, config.checkpoint_every_steps, is_chief=chief)
-    nan_guard = callbacks.StopOnNonFiniteLoss(lambda: tf.train.latest_checkpoint(checkpoint_dir))
-    keras_callbacks = [nan_guard, step_logger, saver]       # the guard first: nothing saves NaN weights
-    if chief:
-        keras_callbacks += [tf_keras.callbacks.TensorBoard(logs, update_freq="epoch", profile_batch=0,
-                                                           write_graph=False),
-                            tf_keras.callbacks.CSVLogger(os.path.join(config.output_dir, "epochs.csv"), append=True)]
-        if config.profile_steps:
-            keras_callbacks.append(callbacks.Profile(os.path.join(logs, "train"), *config.profile_steps))
-    epoch_aware = [c for c in keras_callbacks if isinstance(c, callbacks.EpochAware)]
-    validation, validation_steps = None, None
-    if "validation" in data and len(data["validation"]):
-        validation_stream = stream_lib.stream(
-            data["validation"], classifier, tokenizer, global_batch_size=global_batch_size, padding="bucket",
-            max_length=max_length, static_shapes=on_tpu, num_shards=num_workers, shard_index=worker_index)
-        validation, validation_steps = distributed(validation_stream.dataset), validation_stream.plan.steps
 
-    logging.info("training: %d replica(s), global batch %d, %d steps per epoch, %d steps in all, precision %s, "
-                 "xla %s, padding %s", strategy.num_replicas_in_sync, global_batch_size, steps_per_epoch,
-                 total_steps, precision, config.xla, config.padding)
-    shapes, efficiency, train_seconds = set(), [], 0.0
-    rows_digest = hashlib.sha256()      # which rows this worker trained on, in order
-    previous_handler = signal.signal(signal.SIGTERM, saver.request_stop)   # preemption: save, then stop
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    keras: list                       # the callbacks every fit gets
+    step_logger: callbacks.StepLogger
+    saver: callbacks.Checkpoint
+    validation: callbacks.Validation | None
+    scorer: metrics.Scorer
+
+
+def make_callbacks(config: TrainConfig, setup: Setup, data: Data, trainable: Trainable, run_dir,
+                   resumed_from_step: int) -> Hooks:
+    logs, chief = os.path.join(run_dir.path, "logs"), setup.is_chief
+    step_logger = callbacks.StepLogger(os.path.join(logs, "train"), os.path.join(run_dir.path, "steps.csv"),
+                                       config.log_every_steps, data.total_steps, enabled=chief)
+    saver = callbacks.Checkpoint(trainable.manager, config.checkpoint_every_steps, chief, on_saved=run_dir.sync)
+    scorer = metrics.Scorer(trainable.classifier, setup.strategy, data.label_names, jit_compile=config.xla)
+    keras = [step_logger, saver]      # the logger first: its step time excludes the others' work
+    validation = None
+    if "validation" in data.splits:
+        best = callbacks.Best(trainable.classifier, os.path.join(run_dir.path, "best"), config.best_metric,
+                              resumed_from_step, save_dir=None if chief else os.path.join(trainable.scratch, "best"))
+        validation = callbacks.Validation(
+            scorer, lambda: setup.distribute(eval_batches(data, "validation", trainable, setup)),
+            config.eval_every_steps or data.steps_per_epoch, best, config.early_stopping_patience,
+            os.path.join(logs, "validation"), os.path.join(run_dir.path, "validation.csv"), chief, run_dir.sync)
+        keras.append(validation)
+    if chief and config.profile_steps:
+        keras.append(callbacks.Profile(os.path.join(logs, "train"), *config.profile_steps))
+    if sys.stdout.isatty():
+        keras.append(callbacks.EpochProgbar(-(-data.total_steps // data.steps_per_epoch)))
+    return Hooks(keras, step_logger, saver, validation, scorer)
+
+
+def eval_batches(data: Data, split: str, trainable: Trainable, setup: Setup) -> tf.data.Dataset:
+    """A whole split in bucket batches of the training sizes, in order (this worker's shard)."""
+    plan = data.plan(split, train=False)
+    return stream_lib.batches(data.splits[split], plan, trainable.classifier, trainable.tokenizer, setup.worker_index)
+
+
+@dataclasses.dataclass
+class Loop:
+    resumed_from_step: int
+    global_step: int = 0
+    shapes: set = dataclasses.field(default_factory=set)
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    truncated_rows: int = 0
+    train_seconds: float = 0.0
+    rows_digest: object = dataclasses.field(default_factory=hashlib.sha256)   # this worker's rows, in order
+
+
+def train_loop(config: TrainConfig, setup: Setup, data: Data, trainable: Trainable, hooks: Hooks,
+               resumed_from_step: int) -> Loop:
+    """One fit per epoch (or what remains of it), each over its own plan, until the last step, SIGTERM or an
+    early stop."""
+    loop = Loop(resumed_from_step, global_step=resumed_from_step)
+    logging.info("training: %d replica(s), %s, %d steps per epoch, %d in all (from step %d), precision %s, xla %s, "
+                 "padding %s", setup.strategy.num_replicas_in_sync, _batch_size_text(data), data.steps_per_epoch,
+                 data.total_steps, resumed_from_step, setup.precision, config.xla, config.padding)
+    previous_handler = signal.signal(signal.SIGTERM, hooks.saver.request_stop)   # preemption: save, then stop
     try:
-        while global_step < total_steps and not saver.stop_requested:
-            epoch, start_step = divmod(global_step, steps_per_epoch)
-            epoch_stream = train_stream(epoch, start_step)
-            steps = min(epoch_stream.plan.steps, total_steps - global_step)
-            shapes |= epoch_stream.plan.shapes()
-            rows_digest.update(epoch_stream.plan.shard_rows(worker_index)[:steps * epoch_stream.plan.per_shard_batch_size]
-                               .astype(np.int64).tobytes())
-            efficiency.append((epoch_stream.plan.real_tokens[:steps].sum(),
-                               epoch_stream.plan.padded_tokens[:steps].sum()))
-            epoch_shapes = len(epoch_stream.plan.shapes())
-            logging.info("epoch %d: %d steps from step %d, %d distinct batch shapes, padding efficiency %.3f",
-                         epoch + 1, steps, start_step, epoch_shapes, epoch_stream.plan.padding_efficiency)
-            if config.xla and epoch_shapes > 16:
-                logging.warning("XLA compiles once per batch shape and this epoch has %d: use --padding=bucket or "
-                                "--pad_to_multiple_of", epoch_shapes)
-            for callback in epoch_aware:
-                callback.start_epoch(epoch_stream.plan, global_step)
-            fit_start = time.time()
-            epoch_end = start_step + steps == steps_per_epoch
-            classifier.fit(distributed(epoch_stream.dataset.take(steps)), initial_epoch=epoch, epochs=epoch + 1,
-                           steps_per_epoch=steps, validation_data=validation if epoch_end else None,
-                           validation_steps=validation_steps, callbacks=keras_callbacks,
-                           verbose=1 if sys.stdout.isatty() else 2)
-            train_seconds += time.time() - fit_start
-            global_step = int(classifier.optimizer.iterations.numpy())
+        while loop.global_step < data.total_steps and not _stopping(hooks):
+            _fit_epoch(config, setup, data, trainable, hooks, loop)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
-    saver.save(global_step)
-    if scratch:
-        shutil.rmtree(scratch, ignore_errors=True)
-    if saver.stop_requested:
-        logging.warning("stopped by SIGTERM at step %d of %d; checkpoint saved: rerun the same command to resume",
-                        global_step, total_steps)
-        return {"global_step": global_step, "examples_seen": global_step * global_batch_size, "interrupted": True}
+    return loop
 
-    stats = {"global_step": global_step, "examples_seen": global_step * global_batch_size,
-             "global_batch_size": global_batch_size, "replicas": strategy.num_replicas_in_sync,
-             "strategy": distribute.strategy_name(strategy), "mixed_precision": precision, "xla": config.xla,
-             "padding": config.padding, "distinct_shapes": len(shapes),
-             "padding_efficiency": float(sum(r for r, _ in efficiency) / max(1, sum(p for _, p in efficiency))),
-             "first_step_seconds": step_logger.first_step_seconds, "train_seconds": round(train_seconds, 1),
-             "resumed_from_step": resumed_from_step,
-             "worker": {"index": worker_index, "count": num_workers, "rows_sha256": rows_digest.hexdigest()},
-             "weights_sha256": weights_digest(classifier)}
-    if step_logger.totals["seconds"]:
-        stats["examples_per_sec"] = step_logger.totals["examples"] / step_logger.totals["seconds"]
-        stats["real_tokens_per_sec"] = step_logger.totals["real_tokens"] / step_logger.totals["seconds"]
-    export_dir = os.path.join(config.output_dir, "export")
-    if chief:
-        _export(classifier, tokenizer, export_dir)
-    if chief and "test" in data and len(data["test"]):
-        # Multi-worker: predicting is collective there, so the chief scores its export on its own.
-        scorer = classifier if num_workers == 1 else model_lib.load_export(export_dir)
-        stats.update(evaluate_lib.evaluate_split(scorer, tokenizer, data["test"], global_batch_size=global_batch_size,
-                                                 max_length=max_length, label_names=label_names))
-    if chief:
-        stats["seconds"] = round(time.time() - start, 1)
-        stats["config"] = dataclasses.asdict(config)
-        files.write_json(os.path.join(config.output_dir, METRICS), stats)
+
+def _stopping(hooks: Hooks) -> bool:
+    return hooks.saver.stop_requested or bool(hooks.validation and hooks.validation.stopped_early_at)
+
+
+def _fit_epoch(config: TrainConfig, setup: Setup, data: Data, trainable: Trainable, hooks: Hooks, loop: Loop) -> None:
+    epoch, start_step = divmod(loop.global_step, data.steps_per_epoch)
+    plan = data.plan("train", epoch, start_step)
+    steps = min(plan.steps, data.total_steps - loop.global_step)
+    loop.shapes |= plan.shapes()
+    loop.real_tokens += int(plan.real_tokens[:steps].sum())
+    loop.padded_tokens += int(plan.padded_tokens[:steps].sum())
+    loop.truncated_rows = plan.truncated_rows
+    loop.rows_digest.update(plan.shard_rows(setup.worker_index)[:plan.shard_examples[:steps].sum()]
+                            .astype(np.int64).tobytes())
+    logging.info("epoch %d/%d: steps %d-%d, %d distinct batch shapes, padding efficiency %.3f", epoch + 1,
+                 -(-data.total_steps // data.steps_per_epoch), loop.global_step + 1, loop.global_step + steps,
+                 len(plan.shapes()), plan.padding_efficiency)
+    if config.xla and len(plan.shapes()) > 16:
+        logging.warning("XLA compiles once per batch shape and this epoch has %d: use --padding=bucket or "
+                        "--pad_to_multiple_of", len(plan.shapes()))
+    for hook in hooks.keras:
+        if isinstance(hook, callbacks.EpochAware):
+            hook.start_epoch(plan, loop.global_step)
+    dataset = stream_lib.batches(data.splits["train"], plan, trainable.classifier, trainable.tokenizer,
+                                 setup.worker_index)
+    fit_start = time.time()
+    trainable.classifier.fit(setup.distribute(dataset.take(steps)), initial_epoch=epoch, epochs=epoch + 1,
+                             steps_per_epoch=steps, callbacks=hooks.keras, verbose=1 if sys.stdout.isatty() else 0)
+    loop.train_seconds += time.time() - fit_start
+    loop.global_step = int(trainable.classifier.optimizer.iterations.numpy())
+
+
+def _batch_size_text(data: Data) -> str:
+    if "batch_tokens" in data.plan_args:
+        return f"{data.plan_args['batch_tokens']} tokens per replica per batch"
+    return f"global batch {data.plan_args['global_batch_size']}"
+
+
+def finish(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup, data: Data, trainable: Trainable,
+           hooks: Hooks, loop: Loop, run_dir, start: float) -> dict:
+    """Last checkpoint; then (unless stopped by SIGTERM) the final validation, the export of the best or last
+    weights, the test split scored with exactly those weights, and metrics.json written last."""
+    step = loop.global_step
+    hooks.saver.save(step)
+    stats = _stats(config, setup, data, trainable, hooks, loop)
+    if hooks.saver.stop_requested:
+        logging.warning("stopped by SIGTERM at step %d of %d; checkpoint saved: rerun the same command to resume",
+                        step, data.total_steps)
+        return {**stats, "interrupted": True}
+    validation = hooks.validation
+    if validation and validation.validated_step != step:
+        validation.validate(step)
+    exported = config.export or ("best" if validation else "last")
+    if validation:
+        stats["best"] = validation.best.summary()
+    if exported == "best":
+        validation.best.restore()
+    stats["exported"] = exported
+    if setup.is_chief:
+        export(trainable, inputs, storage.join(config.output_dir, "export"), stats)
+    if "test" in data.splits:
+        stats.update(hooks.scorer.score(setup.distribute(eval_batches(data, "test", trainable, setup))))
+    run_dir.sync()
+    if setup.is_chief:
+        stats.update(seconds=round(time.time() - start, 1), config=dataclasses.asdict(config))
+        storage.write_json(storage.join(config.output_dir, METRICS), stats)
     return stats
+
+
+def _stats(config: TrainConfig, setup: Setup, data: Data, trainable: Trainable, hooks: Hooks, loop: Loop) -> dict:
+    logger = hooks.step_logger
+    stats = {"global_step": loop.global_step, "examples_seen": data.examples_before(loop.global_step),
+             "replicas": setup.strategy.num_replicas_in_sync, "strategy": distribute.strategy_name(setup.strategy),
+             "mixed_precision": setup.precision, "xla": config.xla, "padding": config.padding,
+             "global_batch_size": data.plan_args.get("global_batch_size"), "batch_tokens": config.batch_tokens,
+             "distinct_shapes": len(loop.shapes), "truncated_rows": loop.truncated_rows,
+             "padding_efficiency": loop.real_tokens / max(1, loop.padded_tokens),
+             "first_step_seconds": logger.first_step_seconds, "train_seconds": round(loop.train_seconds, 1),
+             "resumed_from_step": loop.resumed_from_step,
+             "stopped_early_at": hooks.validation.stopped_early_at if hooks.validation else None,
+             "worker": {"index": setup.worker_index, "count": setup.num_workers,
+                        "rows_sha256": loop.rows_digest.hexdigest()},
+             "weights_sha256": weights_digest(trainable.classifier)}
+    if logger.totals["seconds"]:
+        stats["examples_per_sec"] = logger.totals["examples"] / logger.totals["seconds"]
+        stats["real_tokens_per_sec"] = logger.totals["real_tokens"] / logger.totals["seconds"]
+    return stats
+
+
+def export(trainable: Trainable, inputs: checks.TrainInputs, export_dir: str, stats: dict) -> None:
+    """save_pretrained model + tokenizer, and trainer.json (which data, which weights), staged and put in place
+    whole (renamed beside it, or uploaded to a bucket)."""
+    with storage.staged_dir(export_dir, last="tf_model.h5") as staged:
+        trainable.classifier.save_pretrained(staged)
+        trainable.tokenizer.save_pretrained(staged)
+        storage.write_json(os.path.join(staged, "trainer.json"), {
+            "data_source_sha256": inputs.data.manifest["source"]["sha256"], "global_step": stats["global_step"],
+            "weights": stats["exported"], "best": stats.get("best")})
 
 
 def weights_digest(classifier) -> str:
@@ -214,36 +348,3 @@ def weights_digest(classifier) -> str:
     for weight in classifier.weights:
         digest.update(np.asarray(weight.numpy()).tobytes())
     return digest.hexdigest()
-
-
-def _split(data, name: str, data_dir: str):
-    if name not in data or len(data[name]) == 0:
-        raise UsageError(f"{data_dir} has no rows in its {name!r} split: prepare it with --splits giving "
-                         f"{name} a share")
-    return data[name]
-
-
-def _export(classifier, tokenizer, export_dir: str) -> None:
-    """save_pretrained model + tokenizer, staged beside export_dir and renamed into place."""
-    staged = files.staging_dir(export_dir, ".export-")
-    classifier.save_pretrained(staged)
-    tokenizer.save_pretrained(staged)
-    files.replace_dir(staged, export_dir)
-
-
-def _main(argv):
-    del argv
-    stats = run(trainer_flags.train_config())
-    if "accuracy" in stats:
-        print(evaluate_lib.format_table(stats))
-    print(json.dumps({k: stats[k] for k in ("global_step", "examples_seen", "padding_efficiency", "train_seconds",
-                                            "worker", "weights_sha256") if k in stats}))
-
-
-def main():
-    trainer_flags.define_train_flags()
-    cli.run(_main)
-
-
-if __name__ == "__main__":
-    main()

@@ -4,13 +4,17 @@
   batch       each batch padded to its longest row (optionally a multiple of pad_to_multiple_of)
   bucket      rows grouped by length; each batch padded to its bucket's boundary (<= 8 lengths)
 
-All three go through `model.prepare_tf_dataset` with a padding collator (transformers'
-DataCollatorWithPadding for `batch`; a numpy one, same output, for the fixed lengths of the
-other two). What differs is the row order: a numpy BatchPlan decides which rows form each global batch (random, or grouped by
-length) and is computed from the stored `length` column alone, so it is cheap, deterministic
-for a (seed, epoch), splits cleanly across workers (each shard takes its slice of every global
-batch, so every worker runs the same number of steps; each pads its slice itself) and states each batch's
-real and padded token counts up front (the trainer reports padding efficiency from it).
+Batches hold a fixed number of rows, or with bucket padding and `batch_tokens` a number of
+rows that depends on the bucket (token-sized batches: one static shape per bucket). Rows longer
+than max_length are truncated as they are streamed, so data prepared once at 128 tokens serves
+every max_length up to 128.
+
+A numpy BatchPlan decides which rows form each global batch (random, or grouped by length) from
+the stored `length` column alone, so it is cheap, deterministic for a (seed, epoch), splits
+cleanly across workers (each shard takes its slice of every global batch, so every worker runs
+the same steps) and states each batch's real and padded token counts up front. The batches then
+go through `model.prepare_tf_dataset` with a padding collator (transformers'
+DataCollatorWithPadding for `batch`; a numpy one, same output, for the fixed lengths of the others).
 """
 import dataclasses
 
@@ -19,10 +23,11 @@ import numpy as np
 import tensorflow as tf
 from transformers import DataCollatorWithPadding
 
-from trainer.cli import UsageError
+from trainer.config import PADDINGS
+from trainer.errors import UsageError
 
-PADDINGS = ("max_length", "batch", "bucket")
 MAX_BUCKETS = 8
+ROW_MULTIPLE = 8
 
 
 def round_up(n: np.ndarray | int, multiple: int | None):
@@ -57,28 +62,42 @@ def bucket_boundaries(lengths: np.ndarray, max_buckets: int = MAX_BUCKETS,
     return tuple(sorted(boundaries))
 
 
+def rows_per_replica(boundaries, batch_tokens: int) -> np.ndarray:
+    """Token-sized batches: a batch of bucket length L holds batch_tokens // L rows per replica, rounded down
+    to a multiple of 8 (tensor cores, TPU tiles), at least 8."""
+    rows = batch_tokens // np.asarray(boundaries)
+    return np.maximum(ROW_MULTIPLE, rows // ROW_MULTIPLE * ROW_MULTIPLE)
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchPlan:
-    """Which rows form each global batch, in order, and the padded length of each shard's slice."""
+    """Which rows form each global batch, in order, and how each shard's slice of it is padded.
+
+    Global batches may differ in size (token-sized batches); each splits evenly over the shards.
+    """
     rows: np.ndarray              # row indices, global batch after global batch
-    global_batch_size: int
-    num_shards: int
-    pad_lengths: np.ndarray       # [steps, num_shards]
+    examples: np.ndarray          # [steps]: rows in each global batch
+    pad_lengths: np.ndarray       # [steps, num_shards]: the padded length of each shard's slice
     real_tokens: np.ndarray       # [steps]: non-pad tokens of the whole global batch
-    examples: np.ndarray          # [steps]: rows in the global batch (the last may be partial)
+    num_shards: int
+    padding: str
+    max_length: int               # longer rows are truncated as they are streamed
     boundaries: tuple[int, ...] | None = None   # bucket mode: the padded lengths allowed
+    pad_to_multiple_of: int | None = None
+    truncated_rows: int = 0       # rows of the split longer than max_length
 
     @property
     def steps(self) -> int:
         return len(self.examples)
 
     @property
-    def per_shard_batch_size(self) -> int:
-        return self.global_batch_size // self.num_shards
+    def shard_examples(self) -> np.ndarray:
+        """[steps]: rows of each shard's slice."""
+        return self.examples // self.num_shards
 
     @property
     def padded_tokens(self) -> np.ndarray:
-        return (self.pad_lengths * (self.examples // self.num_shards)[:, None]).sum(axis=1)
+        return (self.pad_lengths * self.shard_examples[:, None]).sum(axis=1)
 
     @property
     def padding_efficiency(self) -> float:
@@ -86,103 +105,140 @@ class BatchPlan:
 
     def shapes(self) -> set[tuple[int, int]]:
         """Distinct (rows, length) batch shapes a shard sees: each costs an XLA/TPU compilation."""
-        per_shard_rows = self.examples // self.num_shards
-        return {(int(r), int(p)) for r, lengths in zip(per_shard_rows, self.pad_lengths) for p in lengths}
+        return {(int(r), int(p)) for r, lengths in zip(self.shard_examples, self.pad_lengths) for p in lengths}
 
     def shard_rows(self, shard_index: int) -> np.ndarray:
         """This shard's slice of every global batch, in order."""
         if self.num_shards == 1:
             return self.rows
-        b = self.per_shard_batch_size
-        return self.rows.reshape(self.steps, self.num_shards, b)[:, shard_index].reshape(-1)
+        per = self.shard_examples
+        starts = np.cumsum(self.examples) - self.examples + shard_index * per
+        within = np.arange(per.sum()) - np.repeat(np.cumsum(per) - per, per)
+        return self.rows[np.repeat(starts, per) + within]
 
 
-def plan_batches(lengths: np.ndarray, *, global_batch_size: int, padding: str, max_length: int,
-                 pad_to_multiple_of: int | None = None, boundaries: tuple[int, ...] | None = None,
-                 shuffle: bool = False, seed: int = 0, epoch: int = 0, drop_remainder: bool = False,
-                 num_shards: int = 1, start_step: int = 0) -> BatchPlan:
-    """Order rows into global batches; see the module docstring. `start_step` skips batches (resume)."""
+def plan_batches(lengths: np.ndarray, *, padding: str, max_length: int, global_batch_size: int | None = None,
+                 batch_tokens: int | None = None, replicas: int = 1, pad_to_multiple_of: int | None = None,
+                 boundaries: tuple[int, ...] | None = None, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                 drop_remainder: bool = False, num_shards: int = 1, start_step: int = 0) -> BatchPlan:
+    """Order rows into global batches; see the module docstring. Batches hold global_batch_size rows, or with
+    batch_tokens (bucket padding) rows_per_replica(boundary) x replicas. `start_step` skips batches (resume)."""
     if padding not in PADDINGS:
         raise UsageError(f"unknown padding {padding!r}: use one of {', '.join(PADDINGS)}")
-    if global_batch_size < 1 or global_batch_size % num_shards:
-        raise UsageError(f"global batch size {global_batch_size} must be a positive multiple of the "
-                         f"{num_shards} shards")
-    lengths = np.asarray(lengths)
-    if len(lengths) and lengths.max() > max_length:
-        raise UsageError(f"the data holds rows of {lengths.max()} tokens, longer than max_length={max_length}: "
-                         f"prepare it again with --max_length={max_length}, or raise --max_length")
+    if (global_batch_size is None) == (batch_tokens is None) or (batch_tokens and padding != "bucket"):
+        raise UsageError("size batches by rows (global_batch_size) or, with bucket padding, by batch_tokens")
+    full = np.asarray(lengths)
+    lengths = np.minimum(full, max_length)
     drop_remainder = drop_remainder or num_shards > 1   # every worker must run the same steps
     rng = np.random.default_rng([seed, epoch])
     order = (rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))).astype(np.int32)
     if padding == "bucket":
-        boundaries = boundaries or bucket_boundaries(lengths, pad_to_multiple_of=pad_to_multiple_of)
+        boundaries = tuple(int(b) for b in (boundaries or bucket_boundaries(lengths, pad_to_multiple_of=pad_to_multiple_of)))
         if max(boundaries) < lengths.max(initial=0):
             raise UsageError(f"bucket boundaries {boundaries} do not cover rows of {lengths.max()} tokens: "
                              "add a boundary >= the longest row")
-        order = _group_by_bucket(order, lengths, np.asarray(boundaries), global_batch_size, rng, shuffle)
-    steps = len(order) // global_batch_size if drop_remainder else -(-len(order) // global_batch_size)
-    order = order[:steps * global_batch_size][start_step * global_batch_size:]
-    steps -= start_step
-    examples = np.minimum(global_batch_size, len(order) - np.arange(steps) * global_batch_size)
-    # lengths laid out [steps, shards, rows per shard]; a partial last batch is padded with length 0
-    grid = np.zeros(steps * global_batch_size, dtype=np.int32)
-    grid[:len(order)] = lengths[order]
-    grid = grid.reshape(steps, num_shards, global_batch_size // num_shards)
-    longest = grid.max(axis=2)
+        sizes = (rows_per_replica(boundaries, batch_tokens) * replicas if batch_tokens
+                 else np.full(len(boundaries), global_batch_size))
+        batches, partial = _group_by_bucket(order, lengths, np.asarray(boundaries), sizes, rng, shuffle)
+    else:
+        cut = len(order) - len(order) % global_batch_size
+        batches, partial = list(order[:cut].reshape(-1, global_batch_size)), order[cut:]
+    if np.any(np.asarray([len(b) for b in batches[:1]] + [global_batch_size or 0]) % num_shards):
+        raise UsageError(f"a global batch must split evenly over the {num_shards} shards")
+    if len(partial) and not drop_remainder:
+        batches.append(partial)                                  # the only partial batch comes last
+    batches = batches[start_step:]
+    examples = np.asarray([len(b) for b in batches], dtype=np.int64)
+    rows = np.concatenate(batches).astype(np.int32) if batches else np.zeros(0, np.int32)
+    return BatchPlan(rows=rows, examples=examples, num_shards=num_shards, padding=padding, max_length=max_length,
+                     boundaries=boundaries if padding == "bucket" else None, pad_to_multiple_of=pad_to_multiple_of,
+                     truncated_rows=int((full > max_length).sum()),
+                     **_pad_lengths(lengths[rows], examples, num_shards, padding, max_length, pad_to_multiple_of,
+                                    boundaries))
+
+
+def _pad_lengths(lengths, examples, num_shards, padding, max_length, pad_to_multiple_of, boundaries) -> dict:
+    """Each shard slice's padded length, and each global batch's real tokens, from the rows' lengths in order."""
+    if len(examples) == 0:
+        return {"pad_lengths": np.zeros((0, num_shards), np.int64), "real_tokens": np.zeros(0, np.int64)}
+    per = np.repeat(examples // num_shards, num_shards)
+    longest = np.maximum.reduceat(lengths, np.cumsum(per) - per).reshape(-1, num_shards)
     if padding == "max_length":
         pad = np.full_like(longest, max_length)
     elif padding == "batch":
         pad = round_up(longest, pad_to_multiple_of)
-    else:
-        pad = np.asarray(boundaries)[np.searchsorted(boundaries, longest)]
-    return BatchPlan(rows=order, global_batch_size=global_batch_size, num_shards=num_shards, pad_lengths=pad,
-                     real_tokens=grid.sum(axis=(1, 2), dtype=np.int64), examples=examples,
-                     boundaries=tuple(int(b) for b in boundaries) if padding == "bucket" else None)
+    else:   # every shard pads to its global batch's bucket: one (rows, length) shape per bucket
+        pad = np.asarray(boundaries)[np.searchsorted(boundaries, longest.max(axis=1, keepdims=True))]
+        pad = np.broadcast_to(pad, longest.shape)
+    real = np.add.reduceat(lengths.astype(np.int64), np.cumsum(examples) - examples)
+    return {"pad_lengths": pad, "real_tokens": real}
 
 
-def _group_by_bucket(order, lengths, boundaries, batch_size, rng, shuffle) -> np.ndarray:
-    """Full batches of one bucket each, then the buckets' leftovers sorted by length; batches shuffled."""
+def _group_by_bucket(order, lengths, boundaries, sizes, rng, shuffle) -> tuple[list, np.ndarray]:
+    """Full batches of one bucket each (sizes[b] rows for bucket b), then mixed batches of the buckets'
+    leftovers, longest first, each sized by its longest row's bucket; batches shuffled. Returns (batches,
+    the rows left over: fewer than a batch)."""
     bucket = np.searchsorted(boundaries, lengths[order])
     by_bucket = order[np.argsort(bucket, kind="stable")]          # random order kept within a bucket
-    sizes = np.bincount(bucket, minlength=len(boundaries))
-    full, leftovers, start = [], [], 0
-    for size in sizes:
-        rows = by_bucket[start:start + size]
-        cut = size - size % batch_size
-        full.append(rows[:cut].reshape(-1, batch_size))
+    counts = np.bincount(bucket, minlength=len(boundaries))
+    batches, leftovers, start = [], [], 0
+    for count, size in zip(counts, sizes):
+        rows = by_bucket[start:start + count]
+        cut = count - count % size
+        batches += list(rows[:cut].reshape(-1, size))
         leftovers.append(rows[cut:])
-        start += size
+        start += count
     leftovers = np.concatenate(leftovers)                         # ascending buckets: little padding
-    tail = len(leftovers) % batch_size
-    mixed, partial = leftovers[:len(leftovers) - tail], leftovers[len(leftovers) - tail:]
-    batches = np.concatenate(full + [mixed.reshape(-1, batch_size)])
+    top = np.searchsorted(boundaries, lengths[leftovers])
+    end = len(leftovers)
+    while end and end >= sizes[top[end - 1]]:
+        size = sizes[top[end - 1]]
+        batches.append(leftovers[end - size:end])
+        end -= size
     if shuffle:
-        batches = batches[rng.permutation(len(batches))]
-    return np.concatenate([batches.reshape(-1), partial])         # the only partial batch comes last
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches, leftovers[:end]
+
+
+def truncate(ids, length: int):
+    """A row (list or array) cut to `length` tokens the way the tokenizer truncates: the first length-1, then
+    the last (BERT's [SEP])."""
+    return ids if len(ids) <= length else np.concatenate([ids[:length - 1], ids[-1:]])
 
 
 class PadTo:
-    """Collator: pad each input column with numpy to length_of(longest row); labels -> "labels".
+    """Collator: truncate rows to max_length, pad each input column with numpy to `length`; labels -> "labels".
 
     About 30x faster than tokenizer.pad (0.06 vs 1.8 ms for 32 tweets), which matters when the
     input pipeline shares two cores with the training step.
     """
 
-    def __init__(self, pad_token_id: int, length_of):
-        self.pad_token_id, self.length_of = pad_token_id, length_of
+    def __init__(self, pad_token_id: int, max_length: int, length: int):
+        self.pad_token_id, self.max_length, self.length = pad_token_id, max_length, length
 
     def __call__(self, features):
-        length = self.length_of(max(len(f["input_ids"]) for f in features))
-        batch = {}
+        length, batch = self.length, {}
         for key in features[0]:
             if key in ("label", "labels"):
                 batch["labels"] = np.array([f[key] for f in features], dtype=np.int32)
                 continue
             padded = np.full((len(features), length), self.pad_token_id if key == "input_ids" else 0, np.int32)
             for i, f in enumerate(features):
-                padded[i, :len(f[key])] = f[key]
+                row = truncate(f[key], self.max_length)
+                padded[i, :len(row)] = row
             batch[key] = padded
         return batch
+
+
+class TruncateThen:
+    """Collator: truncate rows to max_length, then hand them to `collate` (transformers' padding collator)."""
+
+    def __init__(self, max_length: int, collate):
+        self.max_length, self.collate = max_length, collate
+
+    def __call__(self, features):
+        return self.collate([{k: v if k in ("label", "labels") else truncate(v, self.max_length)
+                              for k, v in f.items()} for f in features])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,37 +253,38 @@ def lengths_of(split: datasets.Dataset) -> np.ndarray:
     return split.with_format("arrow")["length"].to_numpy()
 
 
-def stream(split: datasets.Dataset, model, tokenizer, *, global_batch_size: int, padding: str = "bucket",
-           max_length: int, pad_to_multiple_of: int | None = None,
-           bucket_boundaries: tuple[int, ...] | None = None, shuffle: bool = False, seed: int = 0,
-           epoch: int = 0, start_step: int = 0, drop_remainder: bool = False, num_shards: int = 1,
-           shard_index: int = 0, static_shapes: bool = False) -> Stream:
-    """Batches of `split` for `model` (whose prepare_tf_dataset picks the input columns).
+def _collator(plan: BatchPlan, tokenizer, length: int):
+    if plan.padding == "batch":   # the library's own per-batch padding, as documented by transformers
+        return TruncateThen(plan.max_length, DataCollatorWithPadding(
+            tokenizer, pad_to_multiple_of=plan.pad_to_multiple_of, return_tensors="np"))
+    return PadTo(tokenizer.pad_token_id, plan.max_length, length)
 
-    static_shapes (TPU): the batch dimension is known and the last partial batch dropped; with
-    padding=max_length the length is known too, with bucket it is one of the boundaries.
-    """
-    plan = plan_batches(lengths_of(split), global_batch_size=global_batch_size, padding=padding,
-                        max_length=max_length, pad_to_multiple_of=pad_to_multiple_of, boundaries=bucket_boundaries,
-                        shuffle=shuffle, seed=seed, epoch=epoch, drop_remainder=drop_remainder or static_shapes,
-                        num_shards=num_shards, start_step=start_step)
-    if plan.steps == 0:
-        raise UsageError(f"{len(split)} rows make no batch of {global_batch_size}: lower the batch size")
-    if padding == "max_length":
-        collate = PadTo(tokenizer.pad_token_id, lambda longest: max_length)
-    elif padding == "batch":   # the library's own per-batch padding, as documented by transformers
-        collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of, return_tensors="np")
-    else:
-        boundaries = np.asarray(plan.boundaries)
-        collate = PadTo(tokenizer.pad_token_id, lambda longest: int(boundaries[np.searchsorted(boundaries, longest)]))
-    rows = split.select(plan.shard_rows(shard_index))
-    dataset = model.prepare_tf_dataset(rows, batch_size=plan.per_shard_batch_size, shuffle=False,
-                                       collate_fn=collate, drop_remainder=drop_remainder or static_shapes
-                                       or num_shards > 1)
-    dataset = dataset.map(_to_int32)
+
+def batches(split: datasets.Dataset, plan: BatchPlan, model, tokenizer, shard_index: int = 0) -> tf.data.Dataset:
+    """This shard's batches of `plan`, through `model.prepare_tf_dataset` (which picks the input columns): one
+    pipeline per batch shape (per batch size with `batch` padding, which pads each batch itself), merged
+    back into the plan's order."""
+    rows, sizes = plan.shard_rows(shard_index), plan.shard_examples
+    lengths = plan.pad_lengths[:, shard_index] if plan.padding != "batch" else np.zeros_like(sizes)
+    shapes, step_shape = np.unique(np.stack([sizes, lengths], axis=1), axis=0, return_inverse=True)
+    row_shape = np.repeat(step_shape.reshape(-1), sizes)
+    pipelines = [model.prepare_tf_dataset(split.select(rows[row_shape == i]), batch_size=int(size), shuffle=False,
+                                          collate_fn=_collator(plan, tokenizer, int(length)), drop_remainder=True)
+                 for i, (size, length) in enumerate(shapes)]
+    dataset = pipelines[0] if len(pipelines) == 1 else tf.data.Dataset.choose_from_datasets(
+        pipelines, tf.data.Dataset.from_tensor_slices(step_shape.reshape(-1).astype(np.int64)))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # sharded above
-    return Stream(dataset=dataset.with_options(options).prefetch(tf.data.AUTOTUNE), plan=plan)
+    options.autotune.enabled = False   # deleting an autotuned iterator can stall for a minute (measured)
+    return dataset.map(_to_int32).with_options(options).prefetch(2)
+
+
+def stream(split: datasets.Dataset, model, tokenizer, *, shard_index: int = 0, **plan_args) -> Stream:
+    """Plan `split`'s batches (plan_batches arguments) and stream this shard's part of them."""
+    plan = plan_batches(lengths_of(split), **plan_args)
+    if plan.steps == 0:
+        raise UsageError(f"{len(split)} rows make no full batch: lower the batch size")
+    return Stream(batches(split, plan, model, tokenizer, shard_index), plan)
 
 
 def _to_int32(features, labels):
