@@ -1,13 +1,19 @@
-"""Shared fixtures: a tiny BERT built offline, the shared Sentiment140 sample prepared with it, and
-two logical CPU devices so MirroredStrategy can be tested without GPUs."""
+"""Shared fixtures: a tiny BERT built offline, the shared Sentiment140 sample prepared with it, two logical CPU
+devices so MirroredStrategy can be tested without GPUs, and GPUs hidden so CPU facts hold on any host (tests
+that need a real GPU are marked `gpu` and start their own processes with the GPUs visible)."""
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
-import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-import tensorflow as tf
-import tf_keras
+GPU_ENV = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}   # as the host had it, for `gpu` tests
+os.environ["CUDA_VISIBLE_DEVICES"] = ""       # before TensorFlow starts; inherited by every subprocess
+
+import trainer  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
@@ -15,6 +21,7 @@ SAMPLE_CSV = SHARED / "data" / "sentiment140_sample.csv"
 MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
 
 # Must happen before anything touches the devices.
+tf.config.set_visible_devices([], "GPU")
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
@@ -29,39 +36,52 @@ def write_sentiment140(path, rows):
     return str(path)
 
 
+def run_cli(command: str, *args, stdin=None, env=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:
+    """One of the commands (prepare, train, evaluate, predict) in a fresh process."""
+    if isinstance(stdin, str):
+        stdin = stdin.encode()
+    result = subprocess.run([sys.executable, "-m", f"trainer.cli.{command}", *map(str, args)], input=stdin,
+                            capture_output=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
+    result.stdout, result.stderr = (result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace"))
+    return result
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer, hidden-32 BERT with a WordPiece vocabulary trained on the shared sample."""
     from trainer import tiny_bert
+    from trainer.config import SourceConfig
     from trainer.data import readers
-    rows = readers.read_rows(readers.Source(str(SAMPLE_CSV)), readers.ReadStats())
+    rows = readers.read_rows(SourceConfig(input=str(SAMPLE_CSV)), readers.ReadStats())
     return tiny_bert.build(str(tmp_path_factory.mktemp("tiny-bert")), (t for t, _ in rows), vocab_size=1000)
+
+
+def prepare_config(source, output_dir, model, **kwargs):
+    from trainer.config import PrepareConfig
+    return PrepareConfig(input=str(source), output_dir=str(output_dir), model=str(model), **kwargs)
 
 
 @pytest.fixture(scope="session")
 def prepared_sample(tmp_path_factory):
     """The 20,000-row shared sample, prepared with the real uncased BERT tokenizer at max_length 64."""
-    from trainer.config import PrepareConfig
-    from trainer.data import prepare, readers
-    out = str(tmp_path_factory.mktemp("prepared") / "sample")
-    prepare.prepare(PrepareConfig(source=readers.Source(str(SAMPLE_CSV)), output_dir=out,
-                                  model=str(MINILM), max_length=64))
-    return out
+    from trainer.data import prepare
+    out = tmp_path_factory.mktemp("prepared") / "sample"
+    prepare.prepare(prepare_config(SAMPLE_CSV, out, MINILM, max_length=64))
+    return str(out)
 
 
 @pytest.fixture(scope="session")
 def small_prepared(tmp_path_factory, tiny_model_dir):
     """640 rows of the sample (train 512 / validation 64 / test 64): fast training tests."""
-    from trainer.config import PrepareConfig
+    from trainer.config import SourceConfig
     from trainer.data import prepare, readers
-    rows = list(readers.read_rows(readers.Source(str(SAMPLE_CSV)), readers.ReadStats()))
+    rows = list(readers.read_rows(SourceConfig(input=str(SAMPLE_CSV)), readers.ReadStats()))
     picked = rows[:320] + rows[-320:]   # the sample is sorted by label: take both ends
     tmp = tmp_path_factory.mktemp("small")
     csv_path = write_sentiment140(tmp / "small.csv", [(0 if label == "negative" else 4, text) for text, label in picked])
-    out = str(tmp / "prepared")
-    prepare.prepare(PrepareConfig(source=readers.Source(csv_path), output_dir=out, model=tiny_model_dir,
-                                  max_length=64))
-    return out
+    out = tmp / "prepared"
+    prepare.prepare(prepare_config(csv_path, out, tiny_model_dir, max_length=64))
+    return str(out)
 
 
 @pytest.fixture(autouse=True)
@@ -83,8 +103,22 @@ def train_config(data_dir, model_dir, output_dir, **overrides):
 
 @pytest.fixture(scope="session")
 def one_device_run(tmp_path_factory, small_prepared, tiny_model_dir):
-    """One finished training run (2 epochs, profile of steps 3-4) whose outputs several tests read."""
+    """One finished training run (2 epochs of 16 steps, validation every 8 steps, profile of steps 3-4) whose
+    outputs several tests read."""
     from trainer import train
     out = tmp_path_factory.mktemp("runs") / "one_device"
-    stats = train.run(train_config(small_prepared, tiny_model_dir, out, profile_steps=(3, 4)))
+    stats = train.run(train_config(small_prepared, tiny_model_dir, out, profile_steps=(3, 4), eval_every_steps=8))
     return out, stats
+
+
+@pytest.fixture(scope="session")
+def no_dropout_model(tiny_model_dir, tmp_path_factory):
+    """The tiny BERT without dropout: training is then a pure function of data order and optimizer state."""
+    import json
+    import shutil
+    path = tmp_path_factory.mktemp("no-dropout")
+    shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
+    config = json.loads((path / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (path / "config.json").write_text(json.dumps(config))
+    return str(path)

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import distribute
-from trainer.cli import UsageError
+from trainer.errors import UsageError
 
 
 def test_one_device():

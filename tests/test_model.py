@@ -6,8 +6,9 @@ import tf_keras
 from safetensors.numpy import load_file
 
 from conftest import MINILM
-from trainer import distribute, model
-from trainer.cli import UsageError
+from trainer import checks, distribute, model
+from trainer.config import TrainConfig
+from trainer.errors import UsageError
 
 LABELS = ["negative", "positive"]
 
@@ -20,9 +21,6 @@ def test_tiny_tf_weights_with_a_new_head(tiny_model_dir):
 
 
 def test_pytorch_safetensors_load_without_torch():
-    pytest.importorskip("safetensors")
-    import importlib.util
-    assert importlib.util.find_spec("torch") is None      # the point: no PyTorch in this environment
     classifier = model.build_classifier(str(MINILM), LABELS)
     state = load_file(str(MINILM / "model.safetensors"))
     embeddings = classifier.bert.embeddings.weight.numpy()
@@ -37,15 +35,70 @@ def test_directory_without_weights(tmp_path, tiny_model_dir):
     for name in ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(f"{tiny_model_dir}/{name}", tmp_path / name)
     with pytest.raises(UsageError, match="holds no tf_model.h5 or \\*.safetensors"):
-        model.build_classifier(str(tmp_path), LABELS)
+        checks.model(str(tmp_path))
 
 
 def test_missing_model_directory_and_offline_hub(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="does not exist"):
-        model.build_classifier(str(tmp_path / "nope"), LABELS)
+        checks.model(str(tmp_path / "nope"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UsageError, match="cannot reach the model hub.*pass a local directory"):
-        model.build_classifier("bert-base-uncased", LABELS)
+        checks.model("bert-base-uncased")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "tf_model.h5").write_bytes(b"garbage" * 100), r"tf_model.h5 is damaged"),
+    (lambda d: (d / "tf_model.h5").write_bytes((d / "tf_model.h5").read_bytes()[:5000]), r"tf_model.h5 is damaged"),
+    (lambda d: (d / "tokenizer.json").write_text("{not json"), r"tokenizer.json is damaged"),
+    (lambda d: (d / "config.json").write_text("[1, 2"), r"holds no usable config.json"),
+    (lambda d: [p.unlink() for p in d.iterdir()], r"holds no usable config.json"),
+])
+def test_damaged_model_files_are_named(tmp_path, tiny_model_dir, damage, message):
+    import shutil
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    damage(copy)
+    with pytest.raises(UsageError, match=message):
+        checks.model(str(copy))
+
+
+def test_damaged_safetensors_are_named(tmp_path):
+    import shutil
+    copy = tmp_path / "minilm"
+    shutil.copytree(MINILM, copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100_000])
+    with pytest.raises(UsageError, match="model.safetensors is damaged"):
+        checks.model(str(copy))
+
+
+def test_lazy_adamw_updates_only_the_rows_a_batch_touches():
+    """With every row touched it is AdamW exactly; rows a batch does not touch keep their values and moments."""
+    def train(kind, rows_per_step):
+        tf_keras.utils.set_random_seed(0)
+        table = tf.Variable(tf.random.normal((6, 3)), name="embeddings/weight")
+        config = TrainConfig(embedding_update=kind, learning_rate=0.1, warmup_ratio=0.0, weight_decay=0.1)
+        optimizer = model.make_optimizer(config, total_steps=10)
+        for rows in rows_per_step:
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.gather(table, rows) ** 2)
+            optimizer.apply_gradients([(tape.gradient(loss, table), table)])
+        return table.numpy(), optimizer.get_slot(table, "m").numpy() if rows_per_step else None
+
+    every_row = [[0, 1, 2, 3, 4, 5]] * 3
+    np.testing.assert_allclose(train("lazy", every_row)[0], train("dense", every_row)[0], rtol=1e-5, atol=1e-7)
+    start, _ = train("lazy", [])
+    values, moments = train("lazy", [[0, 2], [2, 0, 0]])
+    np.testing.assert_array_equal(values[[1, 3, 4, 5]], start[[1, 3, 4, 5]])
+    assert (moments[[1, 3, 4, 5]] == 0).all() and (values[[0, 2]] != start[[0, 2]]).all()
+    dense_values, _ = train("dense", [[0, 2], [2, 0, 0]])
+    assert not np.allclose(dense_values[[1, 3]], start[[1, 3]])       # dense decays every row
+
+
+def test_frozen_embeddings():
+    classifier = model.build_classifier(str(MINILM), LABELS, freeze_embeddings=True)
+    names = [v.name for v in classifier.trainable_variables]
+    assert not any("embeddings" in n for n in names) and any("layer_._0/" in n for n in names)
 
 
 def test_freezing(tiny_model_dir):

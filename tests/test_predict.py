@@ -1,7 +1,5 @@
 """trainer-predict: one line per text (label, probability, text), from arguments or stdin."""
-import subprocess
-import sys
-
+from conftest import run_cli
 from trainer import hub, model, predict
 
 
@@ -21,15 +19,14 @@ def test_predict_cli_arguments_and_stdin(one_device_run):
     export = str(one_device_run[0] / "export")
     texts = ["I don't love this weather so much", "what a lovely day"]
     for args, stdin in (([*texts], None), ([], "\n".join(texts) + "\n")):
-        result = subprocess.run([sys.executable, "-m", "trainer.predict", f"--model_dir={export}", *args],
-                                input=stdin, capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[-2000:]
-        lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
+        result = run_cli("predict", f"--model_dir={export}", *args, stdin=stdin)
+        assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+        lines = [line.split("\t") for line in result.stdout.strip().splitlines()[-2:]]
         assert [text for _, _, text in lines] == texts
         assert all(label in ("negative", "positive") and 0.5 <= float(p) <= 1 for label, p, _ in lines)
 
 
-def test_predict_without_text_is_one_line():
-    result = subprocess.run([sys.executable, "-m", "trainer.predict", "--model_dir=x"], input="",
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: no text")
+def test_latin1_stdin_with_its_encoding(one_device_run):
+    export = str(one_device_run[0] / "export")
+    result = run_cli("predict", f"--model_dir={export}", "--encoding=latin-1", stdin="caf\xe9 au lait\n".encode("latin-1"))
+    assert result.returncode == 0 and result.stdout.strip().endswith("\tcafé au lait")

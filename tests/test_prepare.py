@@ -4,17 +4,15 @@ import os
 import subprocess
 import sys
 
+import shutil
+
 import datasets
 import pytest
 
-from conftest import SAMPLE_CSV, write_sentiment140
-from trainer.cli import UsageError
-from trainer.config import PrepareConfig
-from trainer.data import prepare, readers
-
-
-def config(source, output_dir, model, **kwargs):
-    return PrepareConfig(source=readers.Source(str(source)), output_dir=str(output_dir), model=model, **kwargs)
+from conftest import SAMPLE_CSV, run_cli, write_sentiment140
+from conftest import prepare_config as config
+from trainer.data import prepare
+from trainer.errors import UsageError
 
 
 def test_real_run_over_shared_sample(prepared_sample):
@@ -92,25 +90,60 @@ def test_max_length_above_model_positions(tmp_path, tiny_model_dir):
         prepare.prepare(config(SAMPLE_CSV, tmp_path / "out", tiny_model_dir, max_length=512))
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "trainer.data.prepare", *args], capture_output=True, text=True)
-
-
 def test_cli_prepares_and_bad_input_is_one_line_exit_2(tmp_path, tiny_model_dir):
     path = tmp_path / "reviews.tsv"
     path.write_text("great phone\t1\nterrible battery\t0\n" * 20)
-    ok = run_cli(f"--input={path}", "--format=tsv", "--text_column=0", "--label_column=1",
+    ok = run_cli("prepare", f"--input={path}", "--format=tsv", "--text_column=0", "--label_column=1",
                  f"--output_dir={tmp_path / 'out'}", f"--model={tiny_model_dir}")
-    assert ok.returncode == 0, ok.stderr
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
     assert json.loads(ok.stdout.splitlines()[0])["rows_kept"] == 40
     for args, message in [
         ([f"--input={tmp_path / 'nope.csv'}"], "does not exist"),
         ([f"--input={path}", "--format=csv"], "needs --text_column and --label_column"),
-        ([f"--input={path}", "--splits=0.5,0.1"], "--splits must be three fractions"),
+        ([f"--input={path}", "--splits=0.5,0.1"], "--splits=0.5,0.1: give 3 comma-separated numbers"),
         ([f"--input={path}", "--format=tsv", "--text_column=0", "--label_column=1", "--max_length=32"],
          "already exists"),
     ]:
-        bad = run_cli(*args, f"--output_dir={tmp_path / 'out'}", f"--model={tiny_model_dir}")
-        last = bad.stderr.strip().splitlines()[-1]
-        assert bad.returncode == 2 and last.startswith("error: ") and message in last, bad.stderr
-        assert "Traceback" not in bad.stderr
+        bad = run_cli("prepare", *args, f"--output_dir={tmp_path / 'out'}", f"--model={tiny_model_dir}")
+        assert bad.returncode == 2 and bad.stderr.startswith("error: ") and message in bad.stderr, bad.stderr
+        assert bad.stderr.count("\n") == 1
+
+
+def test_manifest_lists_every_file_and_damage_is_found(tmp_path, small_prepared):
+    data = tmp_path / "data"
+    shutil.copytree(small_prepared, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    arrow = [name for name in manifest["files"] if name.startswith("train/") and name.endswith(".arrow")][0]
+    assert manifest["files"][arrow]["bytes"] == (data / arrow).stat().st_size
+    assert prepare.open_prepared(str(data)).manifest == manifest
+    content = (data / arrow).read_bytes()
+    (data / arrow).write_bytes(content[:len(content) // 2])                     # truncated
+    with pytest.raises(UsageError, match=f"is damaged \\({arrow} has .* bytes, the manifest says"):
+        prepare.open_prepared(str(data))
+    (data / arrow).write_bytes(content[:100] + bytes(b ^ 0xFF for b in content[100:110]) + content[110:])
+    with pytest.raises(UsageError, match="does not match its sha256.*run trainer-prepare again with --overwrite"):
+        prepare.open_prepared(str(data))
+
+
+def test_utf8_bom_long_fields_and_cr_line_endings(tmp_path, tiny_model_dir):
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbftext,label\ncaf\xc3\xa9 is great,1\nbad coffee,0\n")
+    manifest = prepare.prepare(config(bom, tmp_path / "a", tiny_model_dir, format="csv", text_column="text",
+                                      label_column="label", splits=(1.0, 0.0, 0.0)))
+    assert manifest["rows_kept"] == 2 and manifest["dropped"] == {}
+    s140 = tmp_path / "s140.csv"
+    write_sentiment140(s140, [(0, "bad"), (4, "x" * (17 << 20))])                 # a 17 MB field
+    s140.write_bytes(b"\xef\xbb\xbf" + s140.read_bytes().replace(b"\r\n", b"\r"))   # BOM, CR-only lines
+    manifest = prepare.prepare(config(s140, tmp_path / "b", tiny_model_dir, splits=(1.0, 0.0, 0.0), max_length=16))
+    assert manifest["rows_kept"] == 2 and manifest["dropped"] == {} and manifest["token_length"]["max"] == 16
+
+
+def test_outputs_follow_the_umask(tmp_path, tiny_model_dir):
+    path = write_sentiment140(tmp_path / "s.csv", [(0, "bad day"), (4, "good day")] * 5)
+    previous = os.umask(0o022)
+    try:
+        prepare.prepare(config(path, tmp_path / "out", tiny_model_dir))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "manifest.json").stat().st_mode & 0o777 == 0o644

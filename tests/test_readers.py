@@ -4,14 +4,15 @@ import json
 import pytest
 
 from conftest import write_sentiment140
-from trainer.cli import UsageError
+from trainer.config import SourceConfig
 from trainer.data import readers
+from trainer.errors import UsageError
 
 
 def read(path, **kwargs):
     stats = readers.ReadStats()
     keep_neutral = kwargs.pop("keep_neutral", False)
-    rows = list(readers.read_rows(readers.Source(str(path), **kwargs), stats, keep_neutral=keep_neutral))
+    rows = list(readers.read_rows(SourceConfig(input=str(path), **kwargs), stats, keep_neutral=keep_neutral))
     return rows, stats
 
 
@@ -96,3 +97,31 @@ def test_unknown_named_column(tmp_path):
     path.write_text("text,label\nhi,1\n")
     with pytest.raises(UsageError, match="no column 'review'"):
         read(path, format="csv", text_column="review", label_column="label")
+
+
+def test_utf8_bom_is_skipped_and_utf16_is_named(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbftext,label\nhi,1\n")
+    assert read(path, format="csv", text_column="text", label_column="label")[0] == [("hi", "positive")]
+    s140 = write_sentiment140(tmp_path / "s.csv", [(0, "first"), (4, "second")])
+    with open(s140, "rb") as f:
+        content = f.read()
+    with open(s140, "wb") as f:
+        f.write(b"\xef\xbb\xbf" + content)
+    rows, stats = read(s140)
+    assert rows == [("first", "negative"), ("second", "positive")] and stats.dropped == {}
+    (tmp_path / "u16.tsv").write_bytes("hi\t1\n".encode("utf-16"))
+    with pytest.raises(UsageError, match="UTF-16 byte-order mark: pass --encoding=utf-16"):
+        read(tmp_path / "u16.tsv", format="tsv", text_column="0", label_column="1")
+
+
+def test_a_field_longer_than_the_csv_default_limit(tmp_path):
+    path = write_sentiment140(tmp_path / "s.csv", [(4, "x" * (17 << 20))])
+    assert len(read(path)[0][0][0]) == 17 << 20
+
+
+def test_cr_only_line_endings(tmp_path):
+    path = tmp_path / "cr.csv"
+    path.write_bytes(b'"0","1","d","q","u","sad"\r"4","2","d","q","u","glad"\r')
+    assert read(path)[0] == [("sad", "negative"), ("glad", "positive")]
+

@@ -8,7 +8,6 @@ from transformers import TFAutoModelForSequenceClassification
 
 from conftest import MINILM
 from trainer import hub
-from trainer.cli import UsageError
 from trainer.data import stream as stream_lib
 
 
@@ -120,20 +119,56 @@ def test_order_depends_on_seed_and_epoch_only(split):
     np.testing.assert_array_equal(plan(seed=1, epoch=0)[5 * 32:], plan(seed=1, epoch=0, start_step=5))
 
 
-def test_static_shapes(split, model_and_tokenizer):
+def test_static_batch_sizes_when_the_remainder_is_dropped(split, model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     small = split.select(range(100))
     full = stream_lib.stream(small, model, tokenizer, global_batch_size=32, padding="max_length", max_length=64,
-                             static_shapes=True)
+                             drop_remainder=True)
     features, labels = full.dataset.element_spec
     assert all(spec.shape.as_list() == [32, 64] for spec in features.values()) and labels.shape == [32]
     bucket = stream_lib.stream(small, model, tokenizer, global_batch_size=32, padding="bucket", max_length=64,
-                               static_shapes=True)
+                               drop_remainder=True)
     assert bucket.dataset.element_spec[0]["input_ids"].shape[0] == 32 and bucket.plan.steps == 3
     lengths = {x["input_ids"].shape[1] for x, _ in bucket.dataset.as_numpy_iterator()}
     assert lengths <= set(bucket.plan.boundaries)
 
 
-def test_rows_longer_than_max_length_are_refused(split, model_and_tokenizer):
-    with pytest.raises(UsageError, match="prepare it again with --max_length=32"):
-        batches(split, model_and_tokenizer, global_batch_size=32, padding="bucket", max_length=32)
+def test_rows_longer_than_max_length_are_truncated_as_streamed(split, model_and_tokenizer):
+    lengths = stream_lib.lengths_of(split)
+    s, out = batches(split, model_and_tokenizer, global_batch_size=32, padding="bucket", max_length=32)
+    assert s.plan.truncated_rows == int((lengths > 32).sum()) > 0
+    assert max(x["input_ids"].shape[1] for x, _ in out) == 32
+    sep = model_and_tokenizer[1].sep_token_id
+    for step, (x, _) in enumerate(out):
+        rows = s.plan.rows[step * 32:(step + 1) * 32]
+        for ids, mask, length in zip(x["input_ids"], x["attention_mask"], lengths[rows]):
+            assert mask.sum() == min(length, 32) and ids[mask.sum() - 1] == sep    # [SEP] kept at the end
+    assert s.plan.real_tokens.sum() == sum(int(x["attention_mask"].sum()) for x, _ in out)
+
+
+def test_token_sized_batches(split, model_and_tokenizer):
+    s, out = batches(split, model_and_tokenizer, batch_tokens=2048, padding="bucket", shuffle=True, seed=2,
+                     drop_remainder=True)
+    shapes = {x["input_ids"].shape for x, _ in out}
+    assert len(shapes) <= 8 and shapes == s.plan.shapes()
+    for rows, length in shapes:      # N // L rows per replica, a multiple of 8, at least 8
+        assert rows == max(8, 2048 // length // 8 * 8) and length in s.plan.boundaries
+    assert [len(y) for _, y in out] == s.plan.examples.tolist() and s.plan.padding_efficiency > 0.85
+    done = np.concatenate([s.plan.rows[:s.plan.examples.sum()]])
+    assert len(set(done.tolist())) == len(done) > 0.97 * len(split)         # each row at most once
+    resumed = stream_lib.plan_batches(stream_lib.lengths_of(split), batch_tokens=2048, padding="bucket", max_length=64,
+                                      shuffle=True, seed=2, drop_remainder=True, start_step=7)
+    np.testing.assert_array_equal(resumed.rows, s.plan.rows[s.plan.examples[:7].sum():])
+    assert resumed.steps == s.plan.steps - 7
+
+
+def test_token_sized_batches_shard_and_split_over_replicas(split):
+    lengths = stream_lib.lengths_of(split)
+    plan = stream_lib.plan_batches(lengths, batch_tokens=1024, padding="bucket", max_length=64, replicas=4,
+                                   num_shards=2, shuffle=True, seed=5)
+    assert len(plan.shapes()) <= 8
+    for rows, length in plan.shapes():      # a shard holds 2 of the 4 replicas
+        assert rows == 2 * max(8, 1024 // length // 8 * 8)
+    shards = [plan.shard_rows(k) for k in range(2)]
+    assert len(shards[0]) == len(shards[1]) and not set(shards[0]) & set(shards[1])
+    assert len(plan.pad_lengths) == plan.steps and (plan.pad_lengths[:, 0] == plan.pad_lengths[:, 1]).all()

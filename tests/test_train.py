@@ -1,4 +1,5 @@
-"""run(config): tiny models trained under each strategy and precision; outputs, export, refusals."""
+"""run(config): tiny models trained under each strategy and precision; validation, best weights, early stopping,
+per-step windows, outputs, export, refusals."""
 import csv
 import glob
 import json
@@ -10,49 +11,78 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from transformers import TFAutoModelForSequenceClassification, pipeline
 
-from conftest import train_config
+from conftest import run_cli, train_config
 from trainer import callbacks, hub, model, train
-from trainer.cli import UsageError
+from trainer.errors import UsageError
 
 
-def epoch_losses(run_dir):
-    with open(os.path.join(run_dir, "epochs.csv")) as f:
-        return [float(row["loss"]) for row in csv.DictReader(f)]
+def csv_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
-def scalar_tags(log_dir):
-    tags = set()
-    for path in glob.glob(os.path.join(log_dir, "events.out.tfevents.*")):
+def window_losses(run_dir):
+    return [float(row["loss"]) for row in csv_rows(os.path.join(run_dir, "steps.csv"))]
+
+
+def scalars(log_dir):
+    """tag -> [(step, value)], read with TensorBoard's own EventAccumulator."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
         accumulator = event_accumulator.EventAccumulator(path, size_guidance={"tensors": 0})
         accumulator.Reload()
-        tags |= set(accumulator.Tags()["tensors"]) | set(accumulator.Tags()["scalars"])
-    return tags
+        for tag in accumulator.Tags()["tensors"]:
+            found.setdefault(tag, []).extend((e.step, float(tf.make_ndarray(e.tensor_proto)))
+                                             for e in accumulator.Tensors(tag))
+    return found
 
 
 def test_one_device_trains_and_writes_every_output(one_device_run):
     out, stats = one_device_run
-    losses = epoch_losses(out)
-    assert len(losses) == 2 and losses[1] < losses[0]
+    assert len(window_losses(out)) == 8
     metrics = json.load(open(out / "metrics.json"))
-    for key in ("accuracy", "precision", "recall", "f1", "confusion_matrix", "global_step", "examples_seen"):
+    for key in ("accuracy", "precision", "recall", "f1", "loss", "confusion_matrix", "global_step", "examples_seen",
+                "best", "exported", "seconds", "train_seconds"):
         assert key in metrics
     assert metrics["global_step"] == 32 and metrics["examples_seen"] == 32 * 32
     assert np.asarray(metrics["confusion_matrix"]).sum() == 64       # the whole test split
     assert metrics["strategy"] == "one_device" and metrics["mixed_precision"] == "none"
     assert metrics["distinct_shapes"] <= 8 and metrics["padding_efficiency"] > 0.8
-    assert stats["accuracy"] == metrics["accuracy"]
+    assert stats["accuracy"] == metrics["accuracy"] and metrics["exported"] == "best"
 
 
-def test_tensorboard_scalars_profile_and_csv(one_device_run):
+def test_tensorboard_step_scalars_validation_profile_and_csv(one_device_run):
     out, _ = one_device_run
-    assert set(callbacks.STEP_SCALARS) <= scalar_tags(out / "logs" / "train")
-    assert {"epoch_loss", "epoch_accuracy"} <= scalar_tags(out / "logs" / "validation")
+    train_scalars = scalars(out / "logs" / "train")
+    assert set(callbacks.STEP_SCALARS) <= set(train_scalars)
+    assert [step for step, _ in train_scalars["loss"]] == list(range(4, 33, 4))   # the global step, in order
+    validation = scalars(out / "logs" / "validation")
+    assert {tag: [s for s, _ in values] for tag, values in validation.items()} == \
+        {tag: [8, 16, 24, 32] for tag in ("loss", "accuracy", "f1")}
+    assert [int(r["step"]) for r in csv_rows(out / "validation.csv")] == [8, 16, 24, 32]
     assert glob.glob(str(out / "logs" / "train" / "plugins" / "profile" / "*" / "*.xplane.pb"))
-    with open(out / "steps.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == list(range(4, 33, 4))   # step 1 (compilation) is timed apart
+    rows = csv_rows(out / "steps.csv")
+    assert [int(r["step"]) for r in rows] == list(range(4, 33, 4))
     assert all(float(r["examples_per_sec"]) > 0 and 0 < float(r["padding_efficiency"]) <= 1 for r in rows)
     assert float(rows[-1]["learning_rate"]) < float(rows[0]["learning_rate"])   # linear decay
+
+
+def test_export_holds_exactly_the_best_validation_weights(one_device_run):
+    out, stats = one_device_run
+    validation = csv_rows(out / "validation.csv")
+    best_row = max(validation, key=lambda r: (float(r["accuracy"]), -int(r["step"])))   # the first best
+    assert stats["best"] == {"step": int(best_row["step"]), "metric": "accuracy", "value": float(best_row["accuracy"])}
+    assert json.loads((out / "best" / "best.json").read_text()) == stats["best"]
+    tokenizer = hub.load_tokenizer(str(out / "export"))
+    inputs = dict(tokenizer(["what a great day", "this is awful", "meh"], padding=True, return_tensors="tf"))
+    exported = TFAutoModelForSequenceClassification.from_pretrained(str(out / "export"))
+    best = TFAutoModelForSequenceClassification.from_pretrained(str(out / "export"))   # same architecture ...
+    tf.train.Checkpoint(model=best).restore(tf.train.latest_checkpoint(str(out / "best"))).expect_partial()
+    np.testing.assert_array_equal(exported(inputs).logits.numpy(), best(inputs).logits.numpy())   # ... best weights
+    last = TFAutoModelForSequenceClassification.from_pretrained(str(out / "export"))
+    tf.train.Checkpoint(model=last).restore(tf.train.latest_checkpoint(str(out / "checkpoints"))).expect_partial()
+    if stats["best"]["step"] != 32:
+        assert not np.array_equal(exported(inputs).logits.numpy(), last(inputs).logits.numpy())
 
 
 def test_checkpoints_hold_the_last_step(one_device_run):
@@ -62,7 +92,7 @@ def test_checkpoints_hold_the_last_step(one_device_run):
     assert tf.train.load_variable(latest, "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE") == 32
 
 
-def test_export_reloads_with_identical_logits_and_in_a_pipeline(one_device_run, small_prepared):
+def test_export_reloads_in_a_pipeline(one_device_run):
     out, _ = one_device_run
     export = str(out / "export")
     reloaded = TFAutoModelForSequenceClassification.from_pretrained(export)
@@ -75,12 +105,55 @@ def test_export_reloads_with_identical_logits_and_in_a_pipeline(one_device_run, 
     assert classify("what a great day")[0]["label"] in {"negative", "positive"}
 
 
-def test_mirrored_over_two_cpus(tmp_path, small_prepared, tiny_model_dir):
+def test_validation_every_50_steps_over_two_epochs(tmp_path, small_prepared, tiny_model_dir):
+    """2 epochs of 102 steps (batch 5), validation every 50 steps."""
+    out = tmp_path / "run"
+    stats = train.run(train_config(small_prepared, tiny_model_dir, out, per_replica_batch_size=5, eval_every_steps=50,
+                                   log_every_steps=50, checkpoint_every_steps=100, learning_rate=1e-3))
+    assert stats["global_step"] == 204
+    validation = scalars(out / "logs" / "validation")
+    assert [step for step, _ in validation["accuracy"]] == [50, 100, 150, 200, 204]   # and at the end
+
+
+def test_early_stopping(tmp_path, small_prepared, tiny_model_dir):
+    """With a learning rate too small to change anything, validation never improves after its first point."""
+    stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", learning_rate=1e-12,
+                                   eval_every_steps=2, early_stopping_patience=2))
+    assert stats["stopped_early_at"] == 6 and stats["global_step"] == 6 and stats["best"]["step"] == 2
+    assert [int(r["step"]) for r in csv_rows(tmp_path / "run" / "validation.csv")] == [2, 4, 6]
+
+
+def test_export_last(tmp_path, small_prepared, tiny_model_dir):
+    stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", export="last", max_steps=4))
+    assert stats["exported"] == "last" and stats["best"]["step"] == 4       # validated at the end all the same
+    trainer_json = json.loads((tmp_path / "run" / "export" / "trainer.json").read_text())
+    assert trainer_json["weights"] == "last" and trainer_json["global_step"] == 4
+
+
+def test_the_tiny_model_learns(tmp_path, small_prepared, no_dropout_model):
+    train.run(train_config(small_prepared, no_dropout_model, tmp_path / "run", epochs=6, learning_rate=1e-2,
+                           log_every_steps=16))
+    losses = window_losses(tmp_path / "run")
+    assert losses[-1] < 0.8 * losses[0]          # measured: 0.69 -> 0.48
+
+
+def test_mirrored_over_two_cpus_matches_one_device(tmp_path, small_prepared, no_dropout_model):
+    """Two replicas of 16 rows compute what one device does with 32 (up to float summation order)."""
+    runs = {}
+    for strategy, per_replica in (("one_device", 32), ("mirrored", 16)):
+        runs[strategy] = train.run(train_config(small_prepared, no_dropout_model, tmp_path / strategy,
+                                                strategy=strategy, per_replica_batch_size=per_replica))
+    assert runs["mirrored"]["replicas"] == 2 and runs["mirrored"]["global_batch_size"] == 32
+    assert runs["mirrored"]["global_step"] == 32 and runs["mirrored"]["worker"] == runs["one_device"]["worker"]
+    np.testing.assert_allclose(window_losses(tmp_path / "mirrored"), window_losses(tmp_path / "one_device"),
+                               rtol=1e-3)
+
+
+def test_token_sized_batches_under_mirrored(tmp_path, small_prepared, tiny_model_dir):
     stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", strategy="mirrored",
-                                   per_replica_batch_size=16, epochs=2))
-    assert stats["replicas"] == 2 and stats["global_batch_size"] == 32 and stats["global_step"] == 32
-    losses = epoch_losses(tmp_path / "run")
-    assert losses[1] < losses[0]
+                                   batch_tokens=256, epochs=1))
+    assert stats["batch_tokens"] == 256 and stats["distinct_shapes"] <= 8 and stats["global_batch_size"] is None
+    assert 480 <= stats["examples_seen"] <= 512 and np.isfinite(window_losses(tmp_path / "run")).all()
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
@@ -88,7 +161,7 @@ def test_mixed_precision_run(tmp_path, small_prepared, tiny_model_dir, precision
     stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", mixed_precision=precision,
                                    epochs=1, max_steps=8))
     assert stats["mixed_precision"] == precision and stats["global_step"] == 8
-    assert all(np.isfinite(epoch_losses(tmp_path / "run")))
+    assert all(np.isfinite(window_losses(tmp_path / "run")))
     weights = TFAutoModelForSequenceClassification.from_pretrained(str(tmp_path / "run" / "export")).weights
     assert {w.dtype for w in weights} == {tf.float32}
 
@@ -97,13 +170,18 @@ def test_xla_on_one_device(tmp_path, small_prepared, tiny_model_dir):
     stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", xla=True, epochs=1,
                                    steps_per_execution=2, padding="max_length"))
     assert stats["xla"] and stats["global_step"] == 16 and stats["distinct_shapes"] == 1
-    assert np.isfinite(epoch_losses(tmp_path / "run")).all()
+    assert np.isfinite(window_losses(tmp_path / "run")).all()
 
 
 def test_max_steps_and_max_train_examples(tmp_path, small_prepared, tiny_model_dir):
     stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", max_train_examples=128,
                                    epochs=3, max_steps=10))
     assert stats["global_step"] == 10 and stats["examples_seen"] == 320   # 4 steps/epoch, stopped in epoch 3
+
+
+def test_a_shorter_max_length_truncates_the_same_data(tmp_path, small_prepared, tiny_model_dir):
+    stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", max_length=16, max_steps=4))
+    assert stats["truncated_rows"] > 0 and stats["global_step"] == 4
 
 
 def test_finished_run_is_not_overwritten(one_device_run, small_prepared, tiny_model_dir):
@@ -119,8 +197,19 @@ def test_tokenizer_must_match_the_data(tmp_path, prepared_sample, tiny_model_dir
         train.run(train_config(prepared_sample, tiny_model_dir, tmp_path / "run"))
 
 
-def test_overwrite_output_dir_keeps_the_old_run_when_the_new_one_is_refused(one_device_run, tiny_model_dir):
+def test_overwrite_output_dir_keeps_the_old_run_when_the_new_one_is_refused(one_device_run, tiny_model_dir, tmp_path):
     out, _ = one_device_run
     with pytest.raises(UsageError, match="is not a prepared dataset"):
-        train.run(train_config(str(out / "logs"), tiny_model_dir, out, overwrite_output_dir=True))
+        train.run(train_config(str(tmp_path), tiny_model_dir, out, overwrite_output_dir=True))
     assert (out / "metrics.json").exists() and (out / "export" / "tf_model.h5").exists()
+
+
+def test_the_command_prints_progress_lines_without_a_terminal(tmp_path, small_prepared, tiny_model_dir):
+    result = run_cli("train", f"--data_dir={small_prepared}", f"--model={tiny_model_dir}",
+                     f"--output_dir={tmp_path / 'run'}", "--strategy=one_device", "--max_steps=20",
+                     "--log_every_steps=10", "--eval_every_steps=10")
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+    progress = [line.split("] ", 1)[1] for line in result.stdout.splitlines() if "] step " in line]
+    assert [line.split()[1] for line in progress] == ["10/20", "20/20"]
+    assert all(" examples/s  ETA " in line for line in progress)
+    assert "epoch 1/2: steps 1-16," in result.stdout and "epoch 2/2: steps 17-20," in result.stdout   # global steps

@@ -1,0 +1,43 @@
+"""Run trainer-train with a fault injected at a known global step, so tests drive races from inside:
+
+    python tests/faults.py FAULT STEP [READY_FILE] -- <trainer-train flags>
+
+  sigterm      the process sends itself SIGTERM during step STEP (as a preemption would)
+  hang         after step STEP (and its checkpoint, if one is due) write READY_FILE, then wait to be killed
+  nan_weights  after step STEP, a weight becomes NaN (its loss was finite: the check must look at weights)
+"""
+import os
+import pathlib
+import signal
+import sys
+import threading
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from trainer import runtime  # noqa: E402
+
+runtime.import_tensorflow()   # quietly, as the command would
+from trainer import callbacks  # noqa: E402
+from trainer.cli import train  # noqa: E402
+
+fault, step = sys.argv[1], int(sys.argv[2])
+ready = sys.argv[3] if sys.argv[3] != "-" else None
+original = callbacks.Checkpoint.on_train_batch_end
+
+
+def on_train_batch_end(self, batch, logs=None):
+    if self.global_step(batch) == step:
+        if fault == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif fault == "nan_weights":
+            weight = self.model.trainable_weights[0]
+            weight.assign(weight * float("nan"))
+    original(self, batch, logs)
+    if fault == "hang" and self.global_step(batch) == step:
+        pathlib.Path(ready).write_text(str(os.getpid()))
+        threading.Event().wait()
+
+
+callbacks.Checkpoint.on_train_batch_end = on_train_batch_end
+sys.argv = [sys.argv[0], *sys.argv[sys.argv.index("--") + 1:]]
+train.main()

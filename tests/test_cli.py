@@ -1,0 +1,91 @@
+"""The command layer: flags made from the config fields, flag files and presets, stray arguments, --help."""
+import dataclasses
+import pathlib
+
+import pytest
+from absl import flags
+
+from conftest import run_cli
+from trainer import cli
+from trainer.config import EvaluateConfig, PredictConfig, PrepareConfig, TrainConfig
+from trainer.errors import UsageError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+REQUIRED_TRAIN = ["--data_dir=d", "--model=m", "--output_dir=o"]
+
+
+def parse(config_class, args):
+    fv = flags.FlagValues()
+    cli.define_flags(config_class, fv)
+    cli.check_flagfiles(args)
+    fv(["prog", *args])
+    return cli.config_from_flags(config_class, fv)
+
+
+@pytest.mark.parametrize("config_class", [PrepareConfig, TrainConfig, EvaluateConfig, PredictConfig])
+def test_one_flag_per_field_with_its_default_and_help(config_class):
+    fv = flags.FlagValues()
+    cli.define_flags(config_class, fv)
+    for field in dataclasses.fields(config_class):
+        flag = fv[field.name]
+        assert flag.help.endswith(field.metadata["help"]) and field.metadata["help"]   # enums prefix <choices>
+        default = field.default if not isinstance(field.default, tuple) else ",".join(map(str, field.default))
+        assert flag.default == default
+
+
+def test_train_defaults_and_frozen_config():
+    config = parse(TrainConfig, REQUIRED_TRAIN)
+    assert config == TrainConfig(data_dir="d", model="m", output_dir="o")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3
+
+
+def test_flagfile_then_command_line_override(tmp_path):
+    preset = tmp_path / "preset.cfg"
+    preset.write_text("# a comment\n--epochs=5\n--padding=batch\n--profile_steps=10,15\n\n")
+    config = parse(TrainConfig, [f"--flagfile={preset}", *REQUIRED_TRAIN, "--epochs=1"])
+    assert config.epochs == 1 and config.padding == "batch" and config.profile_steps == (10, 15)
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.cfg")), ids=lambda p: p.name)
+def test_every_preset_parses(preset):
+    assert parse(TrainConfig, [f"--flagfile={preset}", *REQUIRED_TRAIN]).per_replica_batch_size > 0
+
+
+def test_a_flag_file_line_without_dashes_is_refused(tmp_path):
+    preset = tmp_path / "p.cfg"
+    preset.write_text("--epochs=2\nsplits=0.5,0.25,0.25\n")
+    with pytest.raises(UsageError, match=r"p.cfg line 2: 'splits=0.5,0.25,0.25' is not a flag: write it as --splits"):
+        parse(PrepareConfig, [f"--flagfile={preset}"])
+
+
+def test_required_flags():
+    with pytest.raises(flags.Error, match="data_dir"):
+        parse(TrainConfig, ["--model=m", "--output_dir=o"])
+
+
+def test_prepare_and_evaluate_flags():
+    config = parse(PrepareConfig, ["--input=a.tsv", "--format=tsv", "--text_column=0", "--label_column=1",
+                                   "--output_dir=o", "--model=m", "--splits=0.9,0,0.1"])
+    assert config.split_fractions() == {"train": 0.9, "test": 0.1} and config.resolved_encoding == "utf-8"
+    with pytest.raises(UsageError, match="needs --text_column"):
+        parse(PrepareConfig, ["--input=a", "--format=jsonl", "--output_dir=o", "--model=m"])
+    with pytest.raises(UsageError, match="exactly one of --data_dir"):
+        parse(EvaluateConfig, ["--model_dir=x"])
+    with pytest.raises(UsageError, match="exactly one of --data_dir"):
+        parse(EvaluateConfig, ["--model_dir=x", "--data_dir=d", "--input=f"])
+
+
+def test_help_exits_0_and_lists_each_flag_with_its_help():
+    result = run_cli("train", "--help")
+    assert result.returncode == 0 and result.stderr == ""
+    assert "--per_replica_batch_size: Rows per replica per step" in result.stdout
+    assert "--verbosity" not in result.stdout          # only this command's own flags
+    predict = run_cli("predict", "--helpshort")
+    assert predict.returncode == 0 and "lines on stdin" in predict.stdout and "arguments" in predict.stdout
+
+
+def test_a_stray_argument_is_refused_but_predict_takes_texts():
+    result = run_cli("prepare", "--input=x.csv", "--output_dir=o", "--model=m", "--keep_neutral", "false")
+    assert result.returncode == 2 and result.stderr == ("error: unexpected argument 'false': flags take the form "
+                                                        "--name=value (booleans: --name or --noname)\n")
