@@ -93,9 +93,9 @@ def prepare_child(source_path: str, output_dir: str, model: str, num_proc: int |
     """Child: trainer.data.prepare.prepare on one file."""
     import datasets
     from trainer.config import PrepareConfig
-    from trainer.data import prepare, readers
+    from trainer.data import prepare
     datasets.disable_progress_bars()
-    manifest = prepare.prepare(PrepareConfig(source=readers.Source(source_path), output_dir=output_dir, model=model,
+    manifest = prepare.prepare(PrepareConfig(input=source_path, output_dir=output_dir, model=model,
                                              max_length=MAX_LENGTH, num_proc=num_proc, overwrite=True))
     used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     cpu_seconds = sum(u.ru_utime + u.ru_stime for u in used)   # all threads and worker processes
