@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from conftest import ROOT, run_cli, write_sentiment140
-from trainer import storage
+from trainer import rundir, storage
 from trainer.errors import UsageError
 
 
@@ -62,11 +62,11 @@ def test_overlap_relations(tmp_path):
 
 
 def test_one_lock_per_run_directory(tmp_path):
-    first = storage.FileLock(str(tmp_path / "run"))
+    first = rundir.FileLock(str(tmp_path / "run"))
     with pytest.raises(UsageError, match=f"in use by process {os.getpid()} on {socket.gethostname()}"):
-        storage.FileLock(str(tmp_path / "run"))
+        rundir.FileLock(str(tmp_path / "run"))
     first.release()
-    storage.FileLock(str(tmp_path / "run")).release()
+    rundir.FileLock(str(tmp_path / "run")).release()
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def gcs(tmp_path_factory):
     process = subprocess.Popen([emulator, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory", "-q"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while True:                               # ready when its health endpoint answers
         try:
             with urllib.request.urlopen(url + "/", timeout=1) as response:
@@ -104,14 +104,14 @@ def gcs(tmp_path_factory):
 def test_bucket_files_and_lease(gcs):
     storage.write_json("gs://bkt/t/m.json", {"a": 1})
     assert storage.read_json("gs://bkt/t/m.json") == {"a": 1} and storage.exists("gs://bkt/t/m.json")
-    lease = storage.BucketLock("gs://bkt/t/run")
+    lease = rundir.BucketLock("gs://bkt/t/run")
     with pytest.raises(UsageError, match=f"gs://bkt/t/run is in use by process {os.getpid()}"):
-        storage.BucketLock("gs://bkt/t/run")            # its holder is alive
+        rundir.BucketLock("gs://bkt/t/run")            # its holder is alive
     lease.release()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     storage.write_json("gs://bkt/t/run/.lock", {"host": socket.gethostname(), "pid": int(dead.stdout), "since": "-",
                                                  "renewed": time.time()})
-    storage.BucketLock("gs://bkt/t/run").release()      # a dead holder on this host: taken over
+    rundir.BucketLock("gs://bkt/t/run").release()      # a dead holder on this host: taken over
 
 
 def test_prepare_train_kill_resume_evaluate_through_a_bucket(gcs, tmp_path, tiny_model_dir):

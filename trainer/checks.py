@@ -10,13 +10,13 @@ import os
 
 import transformers
 
-from trainer import hub, runtime, storage
+from trainer import hub, rundir, runtime, storage
 from trainer.config import EvaluateConfig, PredictConfig, TrainConfig
 from trainer.data import prepare, readers
 from trainer.errors import UsageError
 
 METRICS = "metrics.json"
-RUN_MARKERS = (METRICS, "checkpoints", storage.LOCK, "steps.csv", "logs")
+RUN_MARKERS = (METRICS, "checkpoints", rundir.LOCK, "steps.csv", "logs")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,15 +22,14 @@ import sys
 import tempfile
 import time
 
-import datasets
 import numpy as np
 import tensorflow as tf
 import tf_keras
 from absl import logging
 
-from trainer import callbacks, checks, distribute, metrics, storage
+from trainer import callbacks, checks, distribute, metrics, rundir, storage
 from trainer import model as model_lib
-from trainer.config import TrainConfig
+from trainer.config import KERAS_POLICY, TrainConfig
 from trainer.data import stream as stream_lib
 from trainer.errors import UsageError
 
@@ -41,7 +40,7 @@ def run(config: TrainConfig, inputs: checks.TrainInputs | None = None) -> dict:
     """Train, validate, export, score the test split; return the stats also written to metrics.json."""
     start = time.time()
     inputs = inputs or checks.for_train(config)
-    with storage.RunDir(config.output_dir, writer=inputs.is_chief) as run_dir:
+    with rundir.RunDir(config.output_dir, writer=inputs.is_chief) as run_dir:
         if inputs.finished:
             run_dir.reset()      # --overwrite_output_dir, and every input checked: only now the old run goes
         setup = make_setup(config)
@@ -81,7 +80,7 @@ def make_setup(config: TrainConfig) -> Setup:
     strategy = distribute.resolve_strategy(config.strategy, config.tpu, config.num_gpus)
     tf_keras.utils.set_random_seed(config.seed)
     precision = model_lib.resolve_precision(config.mixed_precision, strategy)
-    tf_keras.mixed_precision.set_global_policy(model_lib.KERAS_POLICY[precision])
+    tf_keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
     return Setup(strategy, precision, *distribute.worker_count_and_index(strategy))
 
 
@@ -93,6 +92,7 @@ class Data:
     steps_per_epoch: int
     total_steps: int
     seed: int
+    static_shapes: bool            # TPU: evaluation drops its last partial batch too
 
     def plan(self, split: str, epoch: int = 0, start_step: int = 0, train: bool = True) -> stream_lib.BatchPlan:
         """A training epoch's plan (shuffled by (seed, epoch), from start_step), or an evaluation split's."""
@@ -104,7 +104,8 @@ class Data:
         if boundaries:
             longest = min(int(lengths.max(initial=0)), self.plan_args["max_length"])
             boundaries = (*boundaries[:-1], max(boundaries[-1], longest))
-        return stream_lib.plan_batches(lengths, **{**self.plan_args, "boundaries": boundaries})
+        return stream_lib.plan_batches(lengths, drop_remainder=self.static_shapes,
+                                       **{**self.plan_args, "boundaries": boundaries})
 
     def examples_before(self, step: int) -> int:
         """Training rows in the run's first `step` steps (batches may differ in size)."""
@@ -138,7 +139,7 @@ def load_data(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup) -> 
         logging.info("%d training rows are longer than max_length=%d: truncated as they are streamed",
                      first.truncated_rows, inputs.max_length)
     return Data({name: split for name, split in splits.items() if len(split)}, train.features["label"].names,
-                plan_args, first.steps, model_lib.total_steps(first.steps, config), config.seed)
+                plan_args, first.steps, model_lib.total_steps(first.steps, config), config.seed, setup.on_tpu)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,9 +196,9 @@ def make_callbacks(config: TrainConfig, setup: Setup, data: Data, trainable: Tra
     if "validation" in data.splits:
         best = callbacks.Best(trainable.classifier, os.path.join(run_dir.path, "best"), config.best_metric,
                               resumed_from_step, save_dir=None if chief else os.path.join(trainable.scratch, "best"))
+        batches = setup.distribute(eval_batches(data, "validation", trainable, setup))   # iterated anew each time
         validation = callbacks.Validation(
-            scorer, lambda: setup.distribute(eval_batches(data, "validation", trainable, setup)),
-            config.eval_every_steps or data.steps_per_epoch, best, config.early_stopping_patience,
+            scorer, batches, config.eval_every_steps or data.steps_per_epoch, best, config.early_stopping_patience,
             os.path.join(logs, "validation"), os.path.join(run_dir.path, "validation.csv"), chief, run_dir.sync)
         keras.append(validation)
     if chief and config.profile_steps:
@@ -208,7 +209,7 @@ def make_callbacks(config: TrainConfig, setup: Setup, data: Data, trainable: Tra
 
 
 def eval_batches(data: Data, split: str, trainable: Trainable, setup: Setup) -> tf.data.Dataset:
-    """A whole split in bucket batches of the training sizes, in order (this worker's shard)."""
+    """A whole split in the training's padding and batch sizes, in order (this worker's shard)."""
     plan = data.plan(split, train=False)
     return stream_lib.batches(data.splits[split], plan, trainable.classifier, trainable.tokenizer, setup.worker_index)
 
