@@ -7,7 +7,7 @@ from safetensors.numpy import load_file
 
 from conftest import MINILM
 from trainer import checks, distribute, model
-from trainer.config import TrainConfig
+from trainer.config import KERAS_POLICY, TrainConfig
 from trainer.errors import UsageError
 
 LABELS = ["negative", "positive"]
@@ -120,7 +120,7 @@ def test_precision_auto_is_none_on_cpu():
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_keeps_float32_variables_and_loss(tiny_model_dir, precision):
-    tf_keras.mixed_precision.set_global_policy(model.KERAS_POLICY[precision])
+    tf_keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
     classifier = model.build_classifier(tiny_model_dir, LABELS)
     classifier.compile(optimizer=tf_keras.optimizers.legacy.Adam(1e-3), loss=model.loss_fn)
     if precision == "fp16":

@@ -16,7 +16,7 @@ from absl import logging
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
 from trainer import hub
-from trainer.config import KERAS_POLICY, TrainConfig  # noqa: F401  (KERAS_POLICY: used as model.KERAS_POLICY)
+from trainer.config import TrainConfig
 from trainer.errors import UsageError
 NO_WEIGHT_DECAY = ["LayerNorm", "layer_norm", "bias"]       # as transformers.create_optimizer
 
