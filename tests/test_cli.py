@@ -89,3 +89,30 @@ def test_a_stray_argument_is_refused_but_predict_takes_texts():
     result = run_cli("prepare", "--input=x.csv", "--output_dir=o", "--model=m", "--keep_neutral", "false")
     assert result.returncode == 2 and result.stderr == ("error: unexpected argument 'false': flags take the form "
                                                         "--name=value (booleans: --name or --noname)\n")
+
+
+def test_the_readme_flag_tables_are_the_configs():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("flag_tables", ROOT / "scripts" / "flag_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    readme = (ROOT / "README.md").read_text()
+    assert tables.readme_with_tables(readme) == readme, "run: python scripts/flag_tables.py --write"
+    for block in tables.blocks().values():
+        assert block in readme
+
+
+def test_the_layers():
+    """Library code never imports the command layer; no function in trainer/ is over 80 lines."""
+    import ast
+    for path in (ROOT / "trainer").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        if "cli" not in path.relative_to(ROOT / "trainer").parts:
+            imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+            imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+            names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                     and node.module == "trainer" for alias in node.names}
+            assert not any(m.startswith("trainer.cli") for m in imported) and "cli" not in names, path
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno + 1 <= 80, f"{path}:{node.lineno} {node.name}"

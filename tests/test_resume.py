@@ -4,7 +4,6 @@ run directory."""
 import csv
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,10 +20,10 @@ from trainer.data import stream as stream_lib
 
 
 def train_args(data_dir, model_dir, output_dir, *extra):
-    # 512 rows / 4 = 128 steps per epoch, 256 in all
+    # 512 rows / 8 = 64 steps per epoch, 128 in all
     return [f"--data_dir={data_dir}", f"--model={model_dir}", f"--output_dir={output_dir}", "--strategy=one_device",
-            "--per_replica_batch_size=4", "--epochs=2", "--learning_rate=1e-3", "--seed=1", "--log_every_steps=16",
-            "--checkpoint_every_steps=16", "--eval_every_steps=64", *extra]
+            "--per_replica_batch_size=8", "--epochs=2", "--learning_rate=1e-3", "--seed=1", "--log_every_steps=16",
+            "--checkpoint_every_steps=16", "--eval_every_steps=32", *extra]
 
 
 def start_with_fault(fault, step, args, ready=None):
@@ -55,26 +54,26 @@ def steps_in(path):
 def test_kill_9_mid_epoch_then_rerun_resumes_exactly(tmp_path, small_prepared, no_dropout_model):
     out, ready = tmp_path / "killed", tmp_path / "ready"
     args = train_args(small_prepared, no_dropout_model, out)
-    process = start_with_fault("hang", 170, args, ready)    # epoch 2; the last checkpoint is step 160
+    process = start_with_fault("hang", 90, args, ready)    # epoch 2; the last checkpoint is step 80
     wait_until_ready(process, ready)
     kill_9(process)
     assert not (out / "metrics.json").exists()
-    assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-160")
+    assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-80")
 
     rerun = run_cli("train", *args)
     assert rerun.returncode == 0 and rerun.stderr == "", rerun.stderr[-3000:]
     resumed = json.loads((out / "metrics.json").read_text())
-    assert resumed["resumed_from_step"] == 160
-    assert resumed["global_step"] == 256 and resumed["examples_seen"] == 256 * 4
+    assert resumed["resumed_from_step"] == 80
+    assert resumed["global_step"] == 128 and resumed["examples_seen"] == 128 * 8
     # the rerun trained exactly the planned rows from the checkpoint on: nothing twice, nothing skipped
     split = datasets.load_from_disk(small_prepared)["train"]
-    plan = stream_lib.plan_batches(stream_lib.lengths_of(split), global_batch_size=4, padding="bucket",
+    plan = stream_lib.plan_batches(stream_lib.lengths_of(split), global_batch_size=8, padding="bucket",
                                    max_length=64, shuffle=True, seed=1, epoch=1, drop_remainder=True)
-    expected = plan.rows[(160 - 128) * 4:].astype(np.int64).tobytes()
+    expected = plan.rows[(80 - 64) * 8:].astype(np.int64).tobytes()
     assert resumed["worker"]["rows_sha256"] == hashlib.sha256(expected).hexdigest()
-    # the killed run's rows past step 160 were dropped, not repeated
-    assert steps_in(out / "steps.csv") == list(range(16, 257, 16))
-    assert steps_in(out / "validation.csv") == [64, 128, 192, 256]
+    # the killed run's rows past step 80 were dropped, not repeated
+    assert steps_in(out / "steps.csv") == list(range(16, 129, 16))
+    assert steps_in(out / "validation.csv") == [32, 64, 96, 128]
 
     uninterrupted = run_cli("train", *train_args(small_prepared, no_dropout_model, tmp_path / "whole"))
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
@@ -88,11 +87,11 @@ def test_kill_9_mid_epoch_then_rerun_resumes_exactly(tmp_path, small_prepared, n
 
 def test_sigterm_saves_at_once_exits_0_and_resumes(tmp_path, small_prepared, no_dropout_model):
     out = tmp_path / "run"
-    args = train_args(small_prepared, no_dropout_model, out, "--max_steps=60")
+    args = train_args(small_prepared, no_dropout_model, out, "--max_steps=48")
     process = start_with_fault("sigterm", 40, args)               # 40 is not on the 16-step schedule
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0 and stderr == "", stderr[-2000:]
-    assert "stopped by SIGTERM at step 40 of 60" in stdout and not (out / "metrics.json").exists()
+    assert "stopped by SIGTERM at step 40 of 48" in stdout and not (out / "metrics.json").exists()
     assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-40")
     rerun = run_cli("train", *args)
     assert rerun.returncode == 0 and json.loads((out / "metrics.json").read_text())["resumed_from_step"] == 40
@@ -122,11 +121,11 @@ def test_one_process_per_run_directory_and_kill_9_frees_it(tmp_path, small_prepa
     args = train_args(small_prepared, tiny_model_dir, out, "--max_steps=40")
     first = start_with_fault("hang", 20, args, ready)
     wait_until_ready(first, ready)
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()}
     second = run_cli("train", *args)
     assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
     assert second.stderr.startswith(f"error: {out} is in use by process {first.pid} on ")
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before    # it wrote nothing
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file()} == before
     kill_9(first)
     third = run_cli("train", *args)               # the kernel released the lock with the process
     assert third.returncode == 0, third.stderr[-2000:]

@@ -207,9 +207,10 @@ class Checkpoint(EpochAware):
         self.previous_step = step
 
     def diverged(self, what: str) -> Diverged:
-        kept = self.manager.latest_checkpoint if self.is_chief else None
+        kept = self.manager.latest_checkpoint
         last = (f"the last checkpoint, {os.path.basename(kept)}, holds finite weights: lower the rate and rerun to "
-                "resume from it" if kept else "no checkpoint was written")
+                "resume from it" if kept and self.is_chief else "no checkpoint was written" if self.is_chief else
+                "the chief names the last intact checkpoint")
         return Diverged(f"{what}: lower --learning_rate (with fp16, try --mixed_precision=bf16); {last}")
 
     def save(self, step: int) -> None:
@@ -273,10 +274,10 @@ class Validation(EpochAware):
     stop after `patience` validations without improvement. Every worker validates (it is collective under
     multi-worker and its sums are all-reduced, so every worker takes the same decisions); the chief writes."""
 
-    def __init__(self, scorer, dataset_fn, every_steps: int, best: Best, patience: int | None, log_dir: str,
+    def __init__(self, scorer, batches, every_steps: int, best: Best, patience: int | None, log_dir: str,
                  csv_path: str, enabled: bool, after_validation=lambda: None):
         super().__init__()
-        self.scorer, self.dataset_fn, self.every_steps, self.best, self.patience = scorer, dataset_fn, every_steps, best, patience
+        self.scorer, self.batches, self.every_steps, self.best, self.patience = scorer, batches, every_steps, best, patience
         self.csv_path, self.enabled, self.after_validation = csv_path, enabled, after_validation
         self.writer = tf.summary.create_file_writer(log_dir) if enabled else None
         self.validated_step, self.stopped_early_at = None, None
@@ -294,7 +295,7 @@ class Validation(EpochAware):
         self.previous_step = step
 
     def validate(self, step: int) -> dict:
-        metrics = self.scorer.score(self.dataset_fn())
+        metrics = self.scorer.score(self.batches)
         self.validated_step = step
         improved = self.best.improves(metrics)
         if improved:

@@ -9,6 +9,7 @@ import dataclasses
 import errno
 import logging as std_logging
 import os
+import signal
 import sys
 import types
 import typing
@@ -119,6 +120,10 @@ def _help(fv: flags.FlagValues, script: bool) -> str:
     return "\n".join(fv.module_help(module) for module in fv.flags_by_module_dict() if "absl" not in module)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt      # unwinds, so every staged output is removed on the way out
+
+
 def fail(message: str, status: int = 2) -> typing.NoReturn:
     sys.stdout.flush()
     print(f"error: {message}", file=sys.stderr, flush=True)
@@ -147,6 +152,7 @@ def run(config_class, main: Callable, doc: str, takes_arguments: bool = False, a
                              "--name or --noname)")
         config = config_from_flags(config_class, fv)
         _route_logs_to_stdout()
+        signal.signal(signal.SIGTERM, _interrupt)     # training installs its own (save, then stop)
         main(config, arguments)
     except Error as e:
         fail(str(e))

@@ -22,7 +22,7 @@ import sys
 from typing import Iterator
 
 from trainer import storage
-from trainer.config import FORMATS, SourceConfig
+from trainer.config import SourceConfig
 from trainer.errors import UsageError
 
 SENTIMENT140_COLUMNS = ("target", "ids", "date", "flag", "user", "text")
