@@ -11,7 +11,8 @@ same seed and compiled by `trainer.model.compile_classifier`, as trainer-train c
   equal rows    max_length, batch, bucket: one epoch of the same --steps x --global_batch_size rows each;
                 ideal: the bucket epoch's (rows, length) shapes replayed from synthetic tensors (no pipeline)
   equal tokens  bucket with batch_tokens = global_batch_size x max_length (the memory of a full-padding batch;
-                --batch_tokens overrides), --steps steps of a shuffled epoch over the whole split; and its ideal
+                --batch_tokens overrides): --steps batches of a shuffled epoch over the whole split, with the
+                epoch's mix of shapes (rows per batch vary by shape); and its ideal
 Every contender is trained with the model's own Keras train function (what `fit` calls), one step per call,
 timed until the loss is back. Every batch shape is run once first (trace + compile, reported as
 compile_seconds), then --warmup_steps more once all are built; then the contenders take turns, --interleave
@@ -19,6 +20,7 @@ steps each, so they share the machine's background noise (examples/s = examples 
 pipeline alone is timed afterwards. results.json and results.md are rewritten after every group, so an
 interrupted run keeps what it measured; throughput.png is drawn if matplotlib is installed.
 """
+import collections
 import dataclasses
 import itertools
 import json
@@ -192,15 +194,29 @@ def plans(group: Group, subset_lengths, full_lengths, boundaries) -> dict:
     if tokens:
         plan = stream_lib.plan_batches(full_lengths, padding="bucket", batch_tokens=tokens, boundaries=boundaries,
                                        **common)
-        found["bucket", tokens] = (_first_steps(plan, FLAGS.steps), "full")
+        found["bucket", tokens] = (representative_steps(plan, FLAGS.steps), "full")
     return found
 
 
-def _first_steps(plan, steps: int):
-    """The plan's first `steps` batches: a steady-state sample of a whole shuffled epoch."""
-    rows = int(plan.examples[:steps].sum())
-    return dataclasses.replace(plan, rows=plan.rows[:rows], examples=plan.examples[:steps],
-                               pad_lengths=plan.pad_lengths[:steps], real_tokens=plan.real_tokens[:steps])
+def representative_steps(plan, steps: int):
+    """`steps` batches of a whole shuffled epoch with the epoch's mix of shapes (each shape's share of the steps,
+    by largest remainders), in epoch order. Token-sized batches hold 32 to 128 rows by shape, so the first
+    `steps` batches alone would make the rows per step (and the examples/s) a lottery."""
+    shapes = list(zip(plan.shard_examples.tolist(), plan.pad_lengths[:, 0].tolist()))
+    counts = collections.Counter(shapes)
+    quota = {shape: steps * count / plan.steps for shape, count in counts.items()}
+    take = {shape: int(q) for shape, q in quota.items()}
+    for shape in sorted(quota, key=lambda s: quota[s] - take[s], reverse=True)[:steps - sum(take.values())]:
+        take[shape] += 1
+    chosen, seen = [], collections.Counter()
+    for step, shape in enumerate(shapes):
+        if seen[shape] < take[shape]:
+            chosen.append(step)
+            seen[shape] += 1
+    starts = np.concatenate([[0], np.cumsum(plan.examples)])
+    rows = np.concatenate([plan.rows[starts[s]:starts[s + 1]] for s in chosen])
+    return dataclasses.replace(plan, rows=rows, examples=plan.examples[chosen], pad_lengths=plan.pad_lengths[chosen],
+                               real_tokens=plan.real_tokens[chosen])
 
 
 def measure_group(group: Group, splits: dict, tokenizer, model_dir: str) -> list[dict]:
@@ -253,15 +269,16 @@ def with_ratios(rows: list[dict]) -> list[dict]:
 
 
 def pipeline_examples_per_sec(contender: Contender, tokenizer, splits) -> float | None:
-    """Examples/s iterating the contender's stream --pipeline_epochs times, with no model step."""
+    """Examples/s iterating the contender's stream (built once, as training builds it once per epoch)
+    --pipeline_epochs times, with no model step."""
     if contender.stream is None:
         return None
     from trainer.data import stream as stream_lib
-    plan = contender.stream.plan
     split = splits["full" if contender.batch_tokens else "subset"]
+    dataset = stream_lib.batches(split, contender.stream.plan, contender.model, tokenizer)
     examples, start = 0, time.perf_counter()
     for _ in range(FLAGS.pipeline_epochs):
-        for _, labels in stream_lib.batches(split, plan, contender.model, tokenizer):
+        for _, labels in dataset:
             examples += int(labels.shape[0])
     return examples / (time.perf_counter() - start)
 
