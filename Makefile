@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 SHARED ?= ../shared
 DATA ?= $(SHARED)/data/sentiment140_sample.csv
-RUN ?= runs/demo
+RUN ?=
 MODEL ?=
 
 .PHONY: install train test test-gpu clean

@@ -2,15 +2,16 @@
 # Offline end-to-end demo (what `make train` runs): prepare -> train -> evaluate -> predict.
 #   DATA   raw Sentiment140 CSV            (default: ../shared/data/sentiment140_sample.csv)
 #   MODEL  hub id or local model directory (default: a tiny BERT built here, no hub needed)
-#   RUN    where everything goes           (default: runs/demo)
+#   RUN    where everything goes           (default: runs/demo, or runs/demo-<model name> for MODEL)
 set -euo pipefail
 DATA=${DATA:-../shared/data/sentiment140_sample.csv}
-RUN=${RUN:-runs/demo}
-PRESET=configs/cpu_demo.cfg
 if [ -z "${MODEL:-}" ]; then
+  RUN=${RUN:-runs/demo}
   MODEL=$RUN/tiny-bert
+  PRESET=configs/cpu_demo.cfg
   [ -f "$MODEL/tf_model.h5" ] || python -m trainer.cli.tiny_bert --output_dir="$MODEL" --texts="$DATA"
 else
+  RUN=${RUN:-runs/demo-$(basename "${MODEL%/}")}
   PRESET=configs/cpu_finetune.cfg   # a real pretrained model wants a small learning rate
 fi
 set -x
