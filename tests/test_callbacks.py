@@ -82,12 +82,18 @@ def test_window_means_are_exact_and_weighted_by_rows(tmp_path):
     assert float(rows(tmp_path / "b.csv")[2]["loss"]) != pytest.approx(running[11], rel=1e-3)
 
 
-def test_a_checkpoint_of_non_finite_weights_is_never_written(tmp_path):
+def trained_saver(directory, every_steps, is_chief, max_to_keep):
+    """A Checkpoint callback on a small model that has taken one step."""
     model = small_model()
     model.fit(batches_of([4]), epochs=1, verbose=0)
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path / "ckpt"), max_to_keep=5)
-    saver = callbacks.Checkpoint(manager, every_steps=2, is_chief=True)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(directory), max_to_keep=max_to_keep)
+    saver = callbacks.Checkpoint(manager, every_steps=every_steps, is_chief=is_chief)
     saver.set_model(model)
+    return model, manager, saver
+
+
+def test_a_checkpoint_of_non_finite_weights_is_never_written(tmp_path):
+    model, manager, saver = trained_saver(tmp_path / "ckpt", every_steps=2, is_chief=True, max_to_keep=5)
     saver.save(2)
     model.weights[0].assign(tf.fill(model.weights[0].shape, np.nan))       # the loss before this was finite
     with pytest.raises(Diverged, match=r"the weights are not all finite after step 4: lower --learning_rate.*"
@@ -100,11 +106,7 @@ def test_a_checkpoint_of_non_finite_weights_is_never_written(tmp_path):
 
 
 def test_non_chief_empties_its_scratch_directory(tmp_path):
-    model = small_model()
-    model.fit(batches_of([4]), epochs=1, verbose=0)
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(tmp_path / "scratch"), max_to_keep=1)
-    saver = callbacks.Checkpoint(manager, every_steps=1, is_chief=False)
-    saver.set_model(model)
+    _, _, saver = trained_saver(tmp_path / "scratch", every_steps=1, is_chief=False, max_to_keep=1)
     saver.save(3)
     saver.save(4)
     assert list((tmp_path / "scratch").iterdir()) == []
