@@ -131,10 +131,13 @@ def test_export_last(tmp_path, small_prepared, tiny_model_dir):
 
 
 def test_the_tiny_model_learns(tmp_path, small_prepared, no_dropout_model):
-    train.run(train_config(small_prepared, no_dropout_model, tmp_path / "run", epochs=6, learning_rate=1e-2,
+    """It fits its 512 training rows. lr 1e-2 (6 epochs) sometimes stayed at chance, depending on the tiny
+    vocabulary the session's WordPiece training happened to produce; 1e-3 for 10 epochs went 0.69 -> 0.11-0.13
+    on each of three vocabularies."""
+    train.run(train_config(small_prepared, no_dropout_model, tmp_path / "run", epochs=10, learning_rate=1e-3,
                            log_every_steps=16, embedding_update="dense"))     # from scratch: every row, every step
     losses = window_losses(tmp_path / "run")
-    assert losses[-1] < 0.8 * losses[0]          # measured: 0.69 -> 0.48
+    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_mirrored_over_two_cpus_matches_one_device(tmp_path, small_prepared, no_dropout_model):
