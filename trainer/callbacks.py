@@ -208,9 +208,12 @@ class Checkpoint(EpochAware):
 
     def diverged(self, what: str) -> Diverged:
         kept = self.manager.latest_checkpoint
-        last = (f"the last checkpoint, {os.path.basename(kept)}, holds finite weights: lower the rate and rerun to "
-                "resume from it" if kept and self.is_chief else "no checkpoint was written" if self.is_chief else
-                "the chief names the last intact checkpoint")
+        if not self.is_chief:          # its checkpoints are scratch copies
+            last = "the chief names the last intact checkpoint"
+        elif kept:
+            last = f"the last checkpoint, {os.path.basename(kept)}, holds finite weights: lower the rate and rerun to resume from it"
+        else:
+            last = "no checkpoint was written"
         return Diverged(f"{what}: lower --learning_rate (with fp16, try --mixed_precision=bf16); {last}")
 
     def save(self, step: int) -> None:
