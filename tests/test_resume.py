@@ -104,7 +104,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, small_prepared, tin
                                                              "--checkpoint_every_steps=2"))
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 2 and stderr.count("\n") == 1, stderr
-    assert stderr.startswith("error: the weights are not all finite after step 6: lower --learning_rate")
+    assert stderr.startswith("error: the weights or the optimizer state are not all finite after step 6: lower --learning_rate")
     assert "the last checkpoint, ckpt-4, holds finite weights" in stderr
     latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
     assert latest.endswith("ckpt-4")

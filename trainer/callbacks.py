@@ -19,7 +19,7 @@ import tf_keras
 from absl import logging
 
 from trainer import model as model_lib
-from trainer import storage
+from trainer import rundir, schema, storage
 from trainer.data.stream import BatchPlan
 from trainer.errors import Diverged
 
@@ -38,14 +38,27 @@ def append_csv(path: str, fields, row: dict) -> None:
         writer.writerow(row)
 
 
+def csv_steps(path: str) -> list[dict]:
+    """The rows of one of the run's CSVs whose step reads as a number (a row cut short by a kill, or garbage,
+    does not); [] for a missing file."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="", errors="replace") as f:
+        reader = csv.DictReader(f)
+        rows = [row for row in reader if None not in row.values() and None not in row]
+    return [row for row in rows if str(row.get("step", "")).isdigit()]
+
+
 def drop_csv_rows_after(path: str, step: int) -> None:
-    """A resumed run repeats the steps after its checkpoint: drop the killed run's rows for them."""
+    """A resumed run repeats the steps after its checkpoint: drop the killed run's rows for them (and any row
+    that does not read back)."""
     if not os.path.exists(path):
         return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = csv_steps(path)
     kept = [row for row in rows if int(row["step"]) <= step]
-    if len(kept) < len(rows):
+    with open(path, newline="", errors="replace") as f:
+        unchanged = len(kept) == len(rows) == sum(1 for _ in csv.reader(f)) - 1
+    if not unchanged:
         os.remove(path)
         for row in kept:
             append_csv(path, rows[0].keys(), row)
@@ -211,7 +224,8 @@ class Checkpoint(EpochAware):
         if not self.is_chief:          # its checkpoints are scratch copies
             last = "the chief names the last intact checkpoint"
         elif kept:
-            last = f"the last checkpoint, {os.path.basename(kept)}, holds finite weights: lower the rate and rerun to resume from it"
+            last = (f"the last checkpoint, {os.path.basename(kept)}, holds finite weights and optimizer state: lower "
+                    "the rate and rerun to resume from it")
         else:
             last = "no checkpoint was written"
         return Diverged(f"{what}: lower --learning_rate (with fp16, try --mixed_precision=bf16); {last}")
@@ -220,7 +234,7 @@ class Checkpoint(EpochAware):
         if step == self.saved_step:
             return
         if not model_lib.weights_are_finite(self.model):
-            raise self.diverged(f"the weights are not all finite after step {step}")
+            raise self.diverged(f"the weights or the optimizer state are not all finite after step {step}")
         self.manager.save(checkpoint_number=step)
         if not self.is_chief:
             _empty(self.manager.directory)
@@ -235,8 +249,10 @@ def _empty(directory: str) -> None:
 
 
 class Best:
-    """The best weights by a validation metric, kept apart from the rolling checkpoints (RUN/best, with
-    best.json naming their step, metric and value), so max_to_keep never deletes them and a resume keeps them.
+    """The best weights by a validation metric, kept apart from the rolling checkpoints (RUN/best/ckpt-STEP, with
+    best/best.json naming their step, metric and value), so max_to_keep never deletes them and a resume keeps them.
+    A new best is written whole before best.json names it, and only then is the old one removed, so a kill at any
+    point leaves a best.json naming an intact checkpoint.
 
     Every worker reads the run's best.json (all must take the same decisions) and saves at the same steps
     (saving is collective): the chief into RUN/best, the others into a scratch directory of their own.
@@ -244,31 +260,48 @@ class Best:
 
     def __init__(self, classifier, run_best_dir: str, metric: str, resumed_step: int, save_dir: str | None = None):
         self.metric, self.run_best_dir, self.resumed_step = metric, run_best_dir, resumed_step
-        checkpoint = tf.train.Checkpoint(model=classifier)
-        self.manager = tf.train.CheckpointManager(checkpoint, save_dir or run_best_dir, max_to_keep=1)
-        self.is_chief = save_dir is None
-        kept = storage.read_json(os.path.join(run_best_dir, "best.json"))
+        self.checkpoint = tf.train.Checkpoint(model=classifier)
+        self.save_dir, self.is_chief = save_dir or run_best_dir, save_dir is None
         self.step = self.value = None
-        if kept and kept["step"] <= resumed_step and tf.train.latest_checkpoint(run_best_dir):
-            self.step, self.value = kept["step"], kept["value"]   # else: from steps a resume repeats
+        kept, problem = self._kept()
+        if problem:
+            print(f"{run_best_dir} {problem}: the best weights so far are forgotten; validation picks anew", flush=True)
+        elif kept and kept["step"] <= resumed_step:     # else: from steps a resume repeats
+            self.step, self.value = kept["step"], kept["value"]
+
+    def _kept(self) -> tuple[dict | None, str | None]:
+        """best.json if it is sound and names an intact checkpoint of this metric, and else what is wrong."""
+        path = os.path.join(self.run_best_dir, rundir.BEST_INFO)
+        if not os.path.exists(path):
+            return None, None
+        kept = storage.read_json(path)
+        problem = schema.problem(kept, schema.BEST) if kept is not None else "best.json is not JSON"
+        if problem:
+            return None, f"({rundir.BEST_INFO}: {problem})"
+        if kept["metric"] != self.metric:
+            return None, f"holds the best by {kept['metric']}, not {self.metric}"
+        damage = rundir.checkpoint_problem(os.path.join(self.run_best_dir, f"ckpt-{kept['step']}"))
+        return (None, f"(ckpt-{kept['step']}: {damage})") if damage else (kept, None)
 
     def improves(self, metrics: dict) -> bool:
         value = metrics[self.metric]
         return self.value is None or (value < self.value if self.metric == "loss" else value > self.value)
 
     def keep(self, step: int, metrics: dict) -> None:
-        self.manager.save(checkpoint_number=step)
+        self.checkpoint.write(os.path.join(self.save_dir, f"ckpt-{step}"))
         self.step, self.value = step, metrics[self.metric]
         if self.is_chief:
-            storage.write_json(os.path.join(self.run_best_dir, "best.json"), self.summary())
+            storage.write_json(os.path.join(self.run_best_dir, rundir.BEST_INFO), self.summary())
+        for number in rundir.checkpoint_numbers(self.save_dir):
+            if number != step:
+                rundir.remove_checkpoint(self.save_dir, number)
 
     def summary(self) -> dict:
         return {"step": self.step, "metric": self.metric, "value": self.value}
 
     def restore(self) -> None:
-        """Put the best weights back into the model (from this worker's own save, or the run's)."""
-        path = self.manager.latest_checkpoint or tf.train.latest_checkpoint(self.run_best_dir)
-        self.manager.checkpoint.restore(path).expect_partial()
+        """Put the best weights back into the model (from this worker's own save)."""
+        self.checkpoint.read(os.path.join(self.save_dir, f"ckpt-{self.step}")).expect_partial()
 
 
 class Validation(EpochAware):
@@ -283,9 +316,11 @@ class Validation(EpochAware):
         self.scorer, self.batches, self.every_steps, self.best, self.patience = scorer, batches, every_steps, best, patience
         self.csv_path, self.enabled, self.after_validation = csv_path, enabled, after_validation
         self.writer = tf.summary.create_file_writer(log_dir) if enabled else None
-        self.validated_step, self.stopped_early_at = None, None
         resumed = best.resumed_step
+        logged = [int(row["step"]) for row in csv_steps(csv_path)]
+        self.validated_step = resumed if resumed in logged else None     # a rerun of a finished training
         self.without_improvement = resumed // every_steps - (best.step or 0) // every_steps
+        self.stopped_early_at = resumed if patience and resumed and self.without_improvement >= patience else None
 
     def start_epoch(self, plan: BatchPlan, first_step: int) -> None:
         super().start_epoch(plan, first_step)

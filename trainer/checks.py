@@ -10,13 +10,10 @@ import os
 
 import transformers
 
-from trainer import hub, rundir, runtime, storage
+from trainer import hub, rundir, runtime, schema, storage
 from trainer.config import EvaluateConfig, PredictConfig, TrainConfig
 from trainer.data import prepare, readers
 from trainer.errors import UsageError
-
-METRICS = "metrics.json"
-RUN_MARKERS = (METRICS, "checkpoints", rundir.LOCK, "steps.csv", "logs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +28,18 @@ class Model:
         return [self.config.id2label[i] for i in range(self.config.num_labels)]
 
 
-def model(name: str, tf_only: bool = False) -> Model:
-    """A model whose config, tokenizer and weights files are all readable."""
-    local = hub.resolve(name)
+def model(name: str, flag: str = "--model", tf_only: bool = False) -> Model:
+    """A model whose config (the sizes the trainer relies on), tokenizer and weights files are all readable; for
+    an export (tf_only), its head matches its labels and its trainer.json is sound."""
+    local = hub.resolve(name, flag)
     model_config, tokenizer = hub.load_config(local), hub.load_tokenizer(local)
-    hub.check_weights(local, tf_only=tf_only)
+    weights = hub.check_weights(local, tf_only=tf_only)
+    if tf_only:
+        hub.check_head(weights, model_config)
+        info = os.path.join(local, "trainer.json")
+        if os.path.exists(info):
+            schema.check(storage.read_json(info), schema.EXPORT_INFO, f"{name}/trainer.json",
+                         "export the model again with trainer-train, or remove the file")
     return Model(local, model_config, tokenizer)
 
 
@@ -44,14 +48,14 @@ class TrainInputs:
     data: prepare.Prepared
     model: Model
     max_length: int
-    finished: bool        # output_dir holds a finished run, to be replaced (--overwrite_output_dir)
+    replace: bool         # output_dir holds a run, to be replaced (--overwrite_output_dir)
     is_chief: bool        # the worker that writes the run directory
 
 
 def for_train(config: TrainConfig) -> TrainInputs:
     config.require("data_dir", "model", "output_dir")
     storage.check_no_overlap(config.output_dir, "--output_dir", {"--data_dir": config.data_dir, "--model": config.model})
-    finished = _check_run_dir(config)
+    replace = _check_run_dir(config)
     storage.check_writable(config.output_dir, "--output_dir", "dir")
     data = prepare.open_prepared(config.data_dir)
     splits = data.manifest["splits"]
@@ -72,26 +76,27 @@ def for_train(config: TrainConfig) -> TrainInputs:
     if config.pad_to_multiple_of and config.pad_to_multiple_of > max_length:
         raise UsageError(f"--pad_to_multiple_of={config.pad_to_multiple_of} is above the max_length {max_length}")
     is_chief = config.strategy != "multi_worker" or runtime.multi_worker_task()[1] == 0
-    return TrainInputs(data, checked, max_length, finished, is_chief)
+    return TrainInputs(data, checked, max_length, replace, is_chief)
 
 
 def _check_run_dir(config: TrainConfig) -> bool:
-    """An existing --output_dir must be a run directory; a finished run is replaced only when asked."""
+    """An existing --output_dir must be a run directory. It is resumed, or (--overwrite_output_dir) replaced;
+    a finished run is never resumed. Returns whether an existing run is to be replaced."""
     out = config.output_dir
     if storage.is_url(out):
-        finished = storage.exists(storage.join(out, METRICS))
+        exists, finished = storage.exists(out), storage.exists(storage.join(out, rundir.METRICS))
     else:
         if not os.path.isdir(out):
             return False
         names = set(os.listdir(out))
-        if names and not names & set(RUN_MARKERS):
+        if names - {rundir.LOCK} and not rundir.is_run_dir(out):
             raise UsageError(f"--output_dir={out} is not empty and holds no training run: pass a new or empty "
                              "directory")
-        finished = METRICS in names
+        exists, finished = bool(names), rundir.METRICS in names
     if finished and not config.overwrite_output_dir:
-        raise UsageError(f"{out} holds a finished run ({METRICS}): pass --overwrite_output_dir to start afresh, "
-                         "or another --output_dir")
-    return finished
+        raise UsageError(f"{out} holds a finished run ({rundir.METRICS}): pass --overwrite_output_dir to start "
+                         f"afresh, or another --output_dir (to train it further: --model={out}/{rundir.EXPORT})")
+    return exists and config.overwrite_output_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +110,10 @@ def for_evaluate(config: EvaluateConfig) -> EvaluateInputs:
         storage.check_no_overlap(config.output, "--output", {"--model_dir": config.model_dir, "--data_dir": config.data_dir,
                                                              "--input": config.input})
         storage.check_writable(config.output, "--output", "file")
+        _check_not_inside_an_output(config.output, "--output")
         if storage.exists(config.output) and "accuracy" not in (storage.read_json(config.output) or {}):
             raise UsageError(f"--output={config.output} exists and is not a metrics file: pass a new file path")
-    checked = model(config.model_dir, tf_only=True)
+    checked = model(config.model_dir, "--model_dir", tf_only=True)
     if config.input:
         readers.check_source(config)
         return EvaluateInputs(checked, None)
@@ -121,5 +127,19 @@ def for_evaluate(config: EvaluateConfig) -> EvaluateInputs:
     return EvaluateInputs(checked, data)
 
 
+def _check_not_inside_an_output(path: str, flag: str) -> None:
+    """A file written into a training run or a prepared dataset would replace or add to what is not its own."""
+    if storage.is_url(path):
+        return
+    parent = os.path.dirname(os.path.realpath(path))
+    while True:
+        if rundir.is_run_dir(parent) or os.path.isfile(os.path.join(parent, prepare.MANIFEST)):
+            kind = "a training run" if rundir.is_run_dir(parent) else "a prepared dataset"
+            raise UsageError(f"{flag}={path} lies inside {kind} ({parent}): write it elsewhere")
+        if os.path.dirname(parent) == parent:
+            return
+        parent = os.path.dirname(parent)
+
+
 def for_predict(config: PredictConfig) -> Model:
-    return model(config.model_dir, tf_only=True)
+    return model(config.model_dir, "--model_dir", tf_only=True)

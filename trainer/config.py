@@ -4,10 +4,12 @@ Each field carries its default, help text and bounds (`setting(...)`). The comma
 the flags from the fields, and `__post_init__` checks every value, so a config built by a test
 or a benchmark is held to the same rules as one built from flags. No TensorFlow here.
 """
+import codecs
 import dataclasses
 import math
 import re
 
+from trainer import storage
 from trainer.errors import UsageError
 
 FORMATS = ("sentiment140", "csv", "tsv", "jsonl")
@@ -21,16 +23,29 @@ BEST_METRICS = ("accuracy", "loss", "f1")
 SPLITS = ("train", "validation", "test")
 MAX_SEED = 2**32 - 1
 FLOAT32_MAX = 3.4028234663852886e38      # a larger float is inf once TensorFlow holds it
+INT32_MAX = 2**31 - 1                     # the bound of an integer setting that names none (TensorFlow's int32)
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
-def setting(default=None, help="", *, required=False, choices=None, lower=None, upper=None, parse=None):
+def setting(default=None, help="", *, required=False, choices=None, lower=None, upper=None, parse=None,
+            location=False):
     """A config field with what its flag needs: default, help, bounds.
 
     parse: for a field whose flag is text (e.g. "0.8,0.1,0.1"), text -> value (raises UsageError).
+    location: a path or URL, put in the one form every check sees (storage.location).
     """
     return dataclasses.field(default=default, metadata=dict(help=help, required=required, choices=choices,
-                                                            lower=lower, upper=upper, parse=parse))
+                                                            lower=lower, upper=upper, parse=parse, location=location))
+
+
+def check_encoding(name: str, encoding: str) -> None:
+    """A codec that turns bytes into text (not 'undefined', 'rot13', 'base64', ...)."""
+    try:
+        usable = codecs.lookup(encoding)._is_text_encoding and "".encode(encoding) is not None
+    except (LookupError, UnicodeError, TypeError, ValueError):
+        usable = False
+    if not usable:
+        raise UsageError(f"--{name}={encoding}: not a text encoding; use e.g. utf-8 or latin-1")
 
 
 def parse_floats(text: str, name: str, count: int) -> tuple[float, ...]:
@@ -70,6 +85,8 @@ def _check_field(field: dataclasses.Field, value) -> None:
     if any(isinstance(v, float) and not (math.isfinite(v) and abs(v) <= FLOAT32_MAX) for v in numbers):
         raise UsageError(f"--{name}={shown(value)}: must be a finite number")
     lower, upper = meta.get("lower"), meta.get("upper")
+    if upper is None and any(isinstance(v, int) and not isinstance(v, bool) for v in numbers):
+        upper = INT32_MAX
     if (lower is not None and any(v < lower for v in numbers)) or (upper is not None and any(v > upper for v in numbers)):
         bounds = f">= {lower}" if upper is None else f"<= {upper}" if lower is None else f"in [{lower}, {upper}]"
         raise UsageError(f"--{name}={shown(value)}: must be {bounds}")
@@ -82,7 +99,10 @@ class Checked:
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            _check_field(field, getattr(self, field.name))
+            value = getattr(self, field.name)
+            if field.metadata.get("location") and isinstance(value, str):
+                object.__setattr__(self, field.name, value := storage.location(value))
+            _check_field(field, value)
         self.check()
 
     def check(self) -> None:
@@ -104,7 +124,7 @@ def _plain_name(name: str, value: str | None) -> None:
 @dataclasses.dataclass(frozen=True)
 class SourceConfig(Checked):
     """A raw file of text + label, and how to read it (prepare, and evaluate on a raw file)."""
-    input: str | None = setting(None, "Raw data file: Sentiment140 CSV, or a CSV/TSV/JSONL of text + label.")
+    input: str | None = setting(None, "Raw data file: Sentiment140 CSV, or a CSV/TSV/JSONL of text + label.", location=True)
     format: str = setting("sentiment140", "Input format. sentiment140: no header, 6 columns, latin-1, labels "
                           "0/2/4; csv/tsv (tsv unquoted); jsonl.", choices=FORMATS)
     text_column: str | None = setting(None, "csv/tsv/jsonl: the text column, by header name or 0-based position.")
@@ -121,19 +141,16 @@ class SourceConfig(Checked):
         if self.input is not None and self.format != "sentiment140" and None in (self.text_column, self.label_column):
             raise UsageError(f"--format={self.format} needs --text_column and --label_column (header names, or "
                              "0-based positions)")
-        try:
-            "".encode(self.resolved_encoding)
-        except LookupError:
-            raise UsageError(f"--encoding={self.encoding}: unknown encoding; use e.g. utf-8 or latin-1") from None
+        check_encoding("encoding", self.resolved_encoding)
 
 
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig(SourceConfig):
     """trainer-prepare: one raw file -> a tokenized DatasetDict on disk (local path or bucket URL)."""
-    input: str | None = setting(None, SourceConfig.__dataclass_fields__["input"].metadata["help"], required=True)
+    input: str | None = setting(None, SourceConfig.__dataclass_fields__["input"].metadata["help"], required=True, location=True)
     output_dir: str | None = setting(None, "Where to write the prepared DatasetDict and manifest.json (a local "
-                                     "directory or a gs:// URL).", required=True)
-    model: str | None = setting(None, "Model whose tokenizer to use: a hub id or a local directory.", required=True)
+                                     "directory or a gs:// URL).", required=True, location=True)
+    model: str | None = setting(None, "Model whose tokenizer to use: a hub id or a local directory.", required=True, location=True)
     max_length: int = setting(128, "Truncate to this many tokens (special tokens included).", lower=8)
     splits: tuple[float, ...] = setting((0.8, 0.1, 0.1), "train,validation,test fractions, summing to 1. A 0 "
                                         "drops that split; 1,0,0 keeps the whole file as train.", parse=parse_splits)
@@ -163,12 +180,12 @@ class PrepareConfig(SourceConfig):
 class TrainConfig(Checked):
     """trainer-train: fine-tune `model` on the prepared `data_dir`; everything lands in `output_dir`."""
     data_dir: str | None = setting(None, "A dataset made by trainer-prepare (local directory or gs:// URL).",
-                                   required=True)
+                                   required=True, location=True)
     model: str | None = setting(None, "Pretrained model: a hub id or a local directory (tf_model.h5 or "
-                                "PyTorch-layout *.safetensors, with tokenizer files).", required=True)
+                                "PyTorch-layout *.safetensors, with tokenizer files).", required=True, location=True)
     output_dir: str | None = setting(None, "Run directory (local or gs://): logs/, checkpoints/, best/, export/, "
                                      "metrics.json. Rerunning with an unfinished run's directory resumes it.",
-                                     required=True)
+                                     required=True, location=True)
     overwrite_output_dir: bool = setting(False, "Start afresh in an --output_dir that holds a finished run.")
     strategy: str = setting("auto", "tf.distribute strategy. auto: TPU if attached, else MirroredStrategy over "
                             ">1 GPUs, else one device.", choices=STRATEGIES)
@@ -245,12 +262,12 @@ class TrainConfig(Checked):
 class EvaluateConfig(SourceConfig):
     """trainer-evaluate: a fine-tuned model's metrics on a prepared split or a raw file."""
     model_dir: str | None = setting(None, "A fine-tuned model: a training run's export/ directory (local or gs://).",
-                                    required=True)
-    data_dir: str | None = setting(None, "A prepared dataset (trainer-prepare) to evaluate on ...")
+                                    required=True, location=True)
+    data_dir: str | None = setting(None, "A prepared dataset (trainer-prepare) to evaluate on ...", location=True)
     split: str = setting("test", "... and its split. With --input: the name the raw file's rows get.")
     max_length: int = setting(128, "Truncate to this many tokens (at most the model's positions).", lower=8)
     batch_size: int = setting(64, "Rows per prediction batch.", lower=1)
-    output: str | None = setting(None, "Also write the metrics as JSON to this file (local or gs://).")
+    output: str | None = setting(None, "Also write the metrics as JSON to this file (local or gs://).", location=True)
 
     def check(self) -> None:
         super().check()
@@ -264,14 +281,11 @@ class EvaluateConfig(SourceConfig):
 class PredictConfig(Checked):
     """trainer-predict: label and probability for each text."""
     model_dir: str | None = setting(None, "A fine-tuned model: a training run's export/ directory (local or gs://).",
-                                    required=True)
+                                    required=True, location=True)
     batch_size: int = setting(64, "Texts per prediction batch.", lower=1)
     max_length: int = setting(128, "Truncate texts to this many tokens (at most the model's positions).", lower=8)
     encoding: str = setting("utf-8", "Encoding of the texts on stdin.")
 
     def check(self) -> None:
         self.require("model_dir")
-        try:
-            "".encode(self.encoding)
-        except LookupError:
-            raise UsageError(f"--encoding={self.encoding}: unknown encoding; use e.g. utf-8 or latin-1") from None
+        check_encoding("encoding", self.encoding)

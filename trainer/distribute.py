@@ -33,7 +33,7 @@ def resolve_strategy(name: str, tpu: str | None = None, num_gpus: int | None = N
         raise UsageError(f"--num_gpus={num_gpus} but {len(gpus)} GPU(s) are visible: lower --num_gpus "
                          "(or check CUDA_VISIBLE_DEVICES and the tensorflow[and-cuda] install)")
     if name == "auto":
-        if tpu_attached():
+        if tpu or tpu_attached():        # --tpu names one: never ignored
             name, tpu = "tpu", tpu or os.environ.get("TPU_NAME", "local")
         else:
             name = "mirrored" if len(gpus[:num_gpus]) > 1 else "one_device"

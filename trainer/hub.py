@@ -8,14 +8,14 @@ import os
 import huggingface_hub
 import transformers
 
-from trainer import storage
+from trainer import schema, storage
 from trainer.errors import UsageError
 
 # What a fine-tuning run needs from a hub snapshot: config, tokenizer files, TF or safetensors weights.
 SNAPSHOT_FILES = ["*.json", "*.txt", "*.model", "tf_model*.h5", "*.safetensors"]
 
 
-def resolve(model: str) -> str:
+def resolve(model: str, flag: str = "--model") -> str:
     """Return the local directory holding `model`'s files: a hub snapshot, or a bucket copy, is fetched once."""
     if storage.is_url(model):
         if not storage.exists(storage.join(model, "config.json")):
@@ -26,7 +26,8 @@ def resolve(model: str) -> str:
     if os.path.exists(model):
         raise UsageError(f"model {model} is a file: pass its directory (config.json, tokenizer and weights)")
     if os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1:
-        raise UsageError(f"model directory {model} does not exist: pass --model=<local directory or hub id>")
+        raise UsageError(f"model directory {model} does not exist: pass {flag}=<local directory"
+                         f"{' or hub id' if flag == '--model' else ''}>")
     try:
         return huggingface_hub.snapshot_download(model, allow_patterns=SNAPSHOT_FILES)
     except huggingface_hub.errors.RepositoryNotFoundError:
@@ -41,11 +42,30 @@ def _first_line(error: Exception) -> str:
 
 
 def load_config(model_dir: str, **overrides) -> transformers.PretrainedConfig:
+    """The model's config, with the sizes the trainer relies on checked (positive integers) and its labels
+    numbered 0..n-1."""
+    fix = "pass a model directory saved with save_pretrained"
     try:
-        return transformers.AutoConfig.from_pretrained(model_dir, **overrides)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{model_dir} holds no usable config.json ({_first_line(e)}): pass a model directory "
-                         "saved with save_pretrained") from None
+        config = transformers.AutoConfig.from_pretrained(model_dir, **overrides)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UsageError(f"{model_dir} holds no usable config.json ({_first_line(e)}): {fix}") from None
+    where = os.path.join(model_dir, "config.json")
+    schema.check({name: getattr(config, name, None) for name in schema.MODEL_SIZES}, schema.MODEL_CONFIG, where, fix)
+    labels = getattr(config, "id2label", None)
+    if not isinstance(labels, dict) or sorted(labels) != list(range(len(labels))):
+        raise UsageError(f"{where}: key 'id2label' does not number its labels 0..{len(labels or {}) - 1}: {fix}")
+    return config
+
+
+def check_head(weights: str, config: transformers.PretrainedConfig) -> None:
+    """An export's classifier head has as many outputs as its config has labels."""
+    import h5py
+    found = []
+    with h5py.File(weights, "r") as f:
+        f.visititems(lambda name, item: found.append(item.shape) if name.endswith("classifier/kernel:0") else None)
+    if found and found[0][-1] != config.num_labels:
+        raise UsageError(f"{os.path.dirname(weights)}/config.json names {config.num_labels} labels but the weights' "
+                         f"head has {found[0][-1]}: restore the export's config.json, or export the model again")
 
 
 def load_tokenizer(model_dir: str) -> transformers.PreTrainedTokenizerFast:

@@ -143,7 +143,12 @@ def build_and_compile(model_dir: str, label_names: list[str], config: TrainConfi
 
 
 def weights_are_finite(classifier) -> bool:
-    return all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in classifier.weights if w.dtype.is_floating)
+    """Every weight and every optimizer variable (AdamW's moments too) is finite: a checkpoint is sound only if
+    everything in it is."""
+    optimizer_variables = getattr(classifier.optimizer, "variables", [])
+    optimizer_variables = optimizer_variables() if callable(optimizer_variables) else optimizer_variables
+    return all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in [*classifier.weights, *optimizer_variables]
+               if w.dtype.is_floating)
 
 
 def loss_fn(labels, logits):

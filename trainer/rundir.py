@@ -1,20 +1,45 @@
-"""A run's output directory, owned by one process at a time: an OS lock on a local directory, a lease object in
-a bucket; for a bucket, a local mirror that is synced up at every checkpoint."""
+"""A run's output directory: its file names, its owner (an OS lock on a local directory, a lease object in a
+bucket; for a bucket, a local mirror synced up at every checkpoint), its identity, its checkpoints' soundness,
+and the stale staging a killed process left in it.
+
+The directory is a state machine; each state has one outcome on the next run of the same command:
+
+  empty -> running -> resumable (checkpoints) -> finishing -> finished (metrics.json, written last)
+  resumable, other settings            -> refused, one line naming each differing setting
+  resumable, newest checkpoint damaged -> resumes from the next intact one, saying so in one line
+  resumable, no checkpoint intact      -> refused, one line
+  finishing (killed after training)    -> the rerun finishes it (every phase after training is idempotent)
+  finished                             -> refused, unless --overwrite_output_dir
+"""
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import socket
 import threading
 import time
 
-from trainer import storage
+from absl import logging
+
+from trainer import schema, storage
 from trainer.errors import UsageError
 
 LOCK = ".lock"
+IDENTITY = "run.json"           # what makes the run this run: compared on every rerun
+METRICS = "metrics.json"        # written last: the run is finished
+CHECKPOINTS = "checkpoints"
+BEST = "best"                   # the best weights, and best/best.json naming their step and value
+BEST_INFO = "best.json"
+EXPORT = "export"
+STEPS_CSV = "steps.csv"
+VALIDATION_CSV = "validation.csv"
+LOGS = "logs"
+
+CHECKPOINT_NAME = re.compile(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)$")
 LEASE_SECONDS = 90          # a bucket lock whose holder has not renewed it for this long is free
 RENEW_SECONDS = 20
 
@@ -44,7 +69,14 @@ class RunDir:
             os.makedirs(self.path)
             if storage.exists(self.url):
                 self._download_state()
+        elif self.writer:
+            for path in storage.remove_staging(self.path):
+                logging.info("removed %s, left by a process that was stopped while writing it", path)
         return self
+
+    def file(self, *names: str) -> str:
+        """The local path of one of the run's files."""
+        return os.path.join(self.path, *names)
 
     def __exit__(self, kind, error, traceback):
         try:
@@ -60,7 +92,7 @@ class RunDir:
         """A run refused before it wrote anything leaves nothing behind."""
         names = set(storage.remote_files(*storage.filesystem(self.url)) if self.remote else
                     (os.listdir(self.url) if os.path.isdir(self.url) else []))
-        if names <= {LOCK}:
+        if names <= {LOCK, IDENTITY}:
             storage.remove_tree(self.url)
 
     def _download_state(self) -> None:
@@ -88,7 +120,7 @@ class RunDir:
         self._uploaded = current
 
     def reset(self) -> None:
-        """Remove a finished run's files (--overwrite_output_dir), keeping the lock."""
+        """Remove the old run's files (--overwrite_output_dir), keeping the lock."""
         for name in os.listdir(self.path):
             if name != LOCK:
                 storage.remove_tree(os.path.join(self.path, name))
@@ -110,7 +142,8 @@ def _holder() -> dict:
 
 
 def _in_use(url: str, holder: dict | None) -> UsageError:
-    who = f"process {holder['pid']} on {holder['host']} since {holder['since']}" if holder else "another process"
+    known = isinstance(holder, dict) and all(key in holder for key in ("pid", "host", "since"))
+    who = f"process {holder['pid']} on {holder['host']} since {holder['since']}" if known else "another process"
     return UsageError(f"{url} is in use by {who}: wait for that run to end (or stop it), or pass another "
                       "--output_dir")
 
@@ -120,19 +153,7 @@ class FileLock:
 
     def __init__(self, directory: str):
         os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, LOCK)
-        self.file = open(path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = storage.read_json(path)
-            self.file.close()
-            raise _in_use(directory, holder) from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(json.dumps(_holder()) + "\n")
-        self.file.flush()
+        self.file = _locked(os.path.join(directory, LOCK), directory)
 
     def release(self) -> None:
         self.file.close()
@@ -198,3 +219,140 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def is_run_dir(path: str) -> bool:
+    """A local directory that a training run made: its identity is there, or its lock beside its files (a lock
+    alone is any tool's)."""
+    names = set(os.listdir(path)) if os.path.isdir(path) else set()
+    return IDENTITY in names or (LOCK in names and bool(names & {CHECKPOINTS, METRICS, STEPS_CSV, LOGS}))
+
+
+class OutputLock:
+    """An OS lock on a hidden file beside an output that is replaced whole (a prepared dataset): one writer at a
+    time, and the holder removes the staging a killed writer left beside it. The lock file goes on release."""
+
+    def __init__(self, target: str):
+        self.target, self.file = target, None
+        if storage.is_url(target):
+            return                  # staged in the local temp directory: nothing beside a bucket output
+        path = os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(target)[:80]}.lock")
+        self.file = _locked(path, target)
+        for stale in storage.remove_staging(None, beside=target):
+            logging.info("removed %s, left by a process that was stopped while writing it", stale)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.file:
+            with contextlib.suppress(OSError):
+                os.remove(self.file.name)
+            self.file.close()
+
+
+def _locked(path: str, owner: str):
+    """An open file holding an exclusive flock on `path` (the same inode the path names after locking, so a
+    holder that removes the file on release cannot let two processes in)."""
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            try:
+                holder = json.loads(f.read() or "null")
+            except ValueError:
+                holder = None
+            f.close()
+            raise _in_use(owner, holder if isinstance(holder, dict) else None) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(_holder()) + "\n")
+            f.flush()
+            return f
+        f.close()
+
+
+# ---- identity ---------------------------------------------------------------------------------------------
+
+def check_identity(run_dir: RunDir, settings: dict, flags: dict) -> None:
+    """Record `settings` (what makes this run this run) at the run's start; on a rerun, refuse in one line any
+    difference. `flags` maps a setting to the flag that sets it, for the message."""
+    path, recorded = run_dir.file(IDENTITY), None
+    if os.path.exists(path):
+        recorded = storage.read_json(path)
+        fix = "restore it from a copy, or pass --overwrite_output_dir to start afresh, or another --output_dir"
+        if recorded is None:
+            raise UsageError(f"{run_dir.url}/{IDENTITY} is damaged (not JSON): {fix}")
+        schema.check(recorded, schema.RUN_IDENTITY, f"{run_dir.url}/{IDENTITY}", fix)
+        recorded = recorded["settings"]
+    elif has_checkpoints(run_dir):
+        raise UsageError(f"{run_dir.url} holds checkpoints but no {IDENTITY} saying which settings made them: restore "
+                         "the file, or pass --overwrite_output_dir to start afresh, or another --output_dir")
+    if recorded is None:
+        if run_dir.writer:
+            storage.write_json(path, {"format": 1, "settings": settings})
+        return
+    differing = [name for name in sorted(set(settings) | set(recorded)) if settings.get(name) != recorded.get(name)]
+    if differing:
+        shown = "; ".join(f"{flags.get(name, name)} was {_text(recorded.get(name))}, now {_text(settings.get(name))}"
+                          for name in differing)
+        raise UsageError(f"{run_dir.url} is a run with other settings ({shown}): rerun with the recorded values to "
+                         "resume it, or pass --overwrite_output_dir to start afresh, or another --output_dir")
+
+
+def _text(value) -> str:
+    return "unset" if value is None else ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------
+
+def has_checkpoints(run_dir: RunDir) -> bool:
+    directory = run_dir.file(CHECKPOINTS)
+    return os.path.isdir(directory) and bool(os.listdir(directory))
+
+
+def checkpoint_numbers(directory: str) -> list[int]:
+    """Every step some file of a checkpoint in `directory` is named after, newest first."""
+    found = {int(m.group(1)) for name in (os.listdir(directory) if os.path.isdir(directory) else [])
+             if (m := CHECKPOINT_NAME.match(name))}
+    return sorted(found, reverse=True)
+
+
+def checkpoint_problem(prefix: str) -> str | None:
+    """Why the checkpoint at `prefix` cannot be trusted, or None: every tensor in it must read back (its
+    checksum is verified as it is read) and every floating-point one must be finite, optimizer state included."""
+    import numpy as np
+    import tensorflow as tf
+    if not os.path.exists(prefix + ".index"):
+        return "its .index file is missing"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name, dtype in reader.get_variable_to_dtype_map().items():
+            if dtype.is_floating and not np.all(np.isfinite(reader.get_tensor(name))):
+                return f"{name.split('/.ATTRIBUTES')[0]} is not finite"
+            if not dtype.is_floating:
+                reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, OSError) as e:
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    return None
+
+
+def remove_checkpoint(directory: str, number: int) -> None:
+    for name in os.listdir(directory):
+        m = CHECKPOINT_NAME.match(name)
+        if m and int(m.group(1)) == number:
+            os.remove(os.path.join(directory, name))
+
+
+def point_to(directory: str, numbers: list[int]) -> None:
+    """Rewrite the `checkpoint` pointer file to list these checkpoints, the last one newest."""
+    import tensorflow as tf
+    paths = [os.path.join(directory, f"ckpt-{n}") for n in numbers]
+    tf.compat.v1.train.update_checkpoint_state(directory, paths[-1], all_model_checkpoint_paths=paths)

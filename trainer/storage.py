@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 import shutil
+import stat
 import tempfile
 
 from trainer.errors import UsageError
@@ -22,6 +23,47 @@ CACHE = os.environ.get("TRAINER_CACHE", os.path.join(os.path.expanduser("~"), ".
 
 def is_url(path: str) -> bool:
     return "://" in path
+
+
+def location(path: str) -> str:
+    """The one form every check and write sees: a `file://` URL becomes its local path; a local path and a
+    bucket URL stay as given (configs pass every path setting through this)."""
+    if path.startswith("file://"):
+        path = path[len("file://"):] or "/"
+        return path if path.startswith("/") else "/" + path.split("/", 1)[-1]   # file://host/p -> /p
+    return path
+
+
+def hidden_name(target: str, tag: str) -> str:
+    """The prefix of a staging name beside `target`: hidden, tagged, and short enough for any legal name."""
+    return f".{posixpath.basename(target.rstrip('/'))[:80]}-{tag}-"
+
+
+STAGING_TAGS = ("staged", "work", "old", "tmp")
+
+
+def is_staging(name: str) -> bool:
+    """A name this project gives staging files and directories (hidden_name), or TensorFlow's checkpoint temps."""
+    return (name.startswith(".") and any(f"-{tag}-" in name for tag in STAGING_TAGS)) or name.endswith("_temp") \
+        or (name.startswith("checkpoint.tmp"))
+
+
+def remove_staging(directory: str, *, beside: str | None = None) -> list[str]:
+    """Remove stale staging left by a killed process: inside `directory` (recursively), or only the siblings
+    staged for `beside`. Call only while holding the lock that owns them. Returns what was removed."""
+    removed = []
+    if beside is not None:
+        prefixes = tuple(hidden_name(beside, tag) for tag in STAGING_TAGS)
+        parent = os.path.dirname(os.path.abspath(beside))
+        names = [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(prefixes)]
+    else:
+        names = [os.path.join(root, n) for root, dirs, files in os.walk(directory) for n in dirs + files
+                 if is_staging(n)]
+    for path in names:
+        if os.path.lexists(path):
+            _remove(path)
+            removed.append(path)
+    return removed
 
 
 def join(base: str, *parts: str) -> str:
@@ -85,7 +127,7 @@ def write_bytes(path: str, data: bytes) -> None:
         return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, staged = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}-", suffix=".tmp")
+    fd, staged = tempfile.mkstemp(dir=directory, prefix=hidden_name(path, "tmp"))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -150,7 +192,7 @@ def staged_dir(target: str, last: str | None = None):
     a local temporary directory and uploaded, `last` (the file that marks the output complete) last.
     """
     parent = tempfile.gettempdir() if is_url(target) else os.path.dirname(os.path.abspath(target))
-    staged = new_dir(parent, f".{posixpath.basename(target.rstrip('/'))}-staged-")
+    staged = new_dir(parent, hidden_name(target, "staged"))
     try:
         yield staged
         if is_url(target):
@@ -164,13 +206,13 @@ def staged_dir(target: str, last: str | None = None):
 def scratch_dir(near: str) -> str:
     """A new local directory for intermediate files: beside `near` if local (same disk), else in the temp dir."""
     parent = tempfile.gettempdir() if is_url(near) else os.path.dirname(os.path.abspath(near))
-    return new_dir(parent, f".{posixpath.basename(near.rstrip('/'))}-work-")
+    return new_dir(parent, hidden_name(near, "work"))
 
 
 def _replace_dir(staged: str, target: str) -> None:
     old = None
     if os.path.lexists(target):
-        old = new_dir(os.path.dirname(os.path.abspath(target)), ".old-")
+        old = new_dir(os.path.dirname(os.path.abspath(target)), hidden_name(target, "old"))
         os.rename(target, os.path.join(old, "previous"))
     os.rename(staged, target)
     if old:
@@ -265,6 +307,12 @@ def check_writable(path: str, flag: str, kind: str) -> None:
         if not found:
             raise UsageError(f"{flag}={path}: there is no bucket {bucket}: create it, or check the URL")
         return
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UsageError(f"{flag}={path} is a symlink to {os.readlink(path)}, which does not exist: pass another "
+                         f"{flag}, or remove the link")
+    if os.path.exists(path) and not (os.path.isdir(path) or stat.S_ISREG(os.stat(path).st_mode)):
+        raise UsageError(f"{flag}={path} is a device or special file, not a {'directory' if kind == 'dir' else 'file'}"
+                         f": pass a path on a file system")
     if os.path.isdir(path) and kind == "file":
         raise UsageError(f"{flag}={path} is a directory: pass a file path")
     if os.path.exists(path) and not os.path.isdir(path) and kind == "dir":
@@ -298,6 +346,9 @@ def check_input_file(path: str, flag: str) -> None:
         raise UsageError(f"{flag}={path} does not exist: pass the path of the data file")
     if os.path.isdir(path):
         raise UsageError(f"{flag}={path} is a directory: pass the path of a data file")
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise UsageError(f"{flag}={path} is not a regular file (a device, pipe or socket): pass the path of a data "
+                         "file")
     try:
         with open(path, "rb") as f:
             empty = not f.read(1)

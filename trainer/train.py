@@ -33,18 +33,17 @@ from trainer.config import KERAS_POLICY, TrainConfig
 from trainer.data import stream as stream_lib
 from trainer.errors import UsageError
 
-METRICS = checks.METRICS
-
 
 def run(config: TrainConfig, inputs: checks.TrainInputs | None = None) -> dict:
     """Train, validate, export, score the test split; return the stats also written to metrics.json."""
     start = time.time()
     inputs = inputs or checks.for_train(config)
     with rundir.RunDir(config.output_dir, writer=inputs.is_chief) as run_dir:
-        if inputs.finished:
+        if inputs.replace:
             run_dir.reset()      # --overwrite_output_dir, and every input checked: only now the old run goes
         setup = make_setup(config)
         data = load_data(config, inputs, setup)
+        rundir.check_identity(run_dir, identity(config, inputs, setup), IDENTITY_FLAGS)
         trainable = build(config, inputs, setup, data, run_dir)
         try:
             resumed_from_step = restore(config, trainable, run_dir, data)
@@ -142,12 +141,38 @@ def load_data(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup) -> 
                 plan_args, first.steps, model_lib.total_steps(first.steps, config), config.seed, setup.on_tpu)
 
 
-@dataclasses.dataclass(frozen=True)
+# What makes a run this run (rundir.check_identity): a rerun that differs in any of these is refused. Everything
+# else may change on a resume: log/eval/checkpoint intervals, profiling, steps_per_execution, xla, export,
+# early stopping, and the strategy as long as replicas and workers stay the same.
+IDENTITY_FLAGS = {"data": "--data_dir (its content)", "model": "--model (its shape)", "replicas": "replicas",
+                  "workers": "workers", "mixed_precision": "--mixed_precision (as resolved)",
+                  **{name: f"--{name}" for name in (
+                      "max_length", "padding", "pad_to_multiple_of", "per_replica_batch_size", "batch_tokens",
+                      "max_train_examples", "seed", "learning_rate", "warmup_ratio", "weight_decay", "epochs",
+                      "max_steps", "embedding_update", "freeze_encoder", "freeze_layers", "classifier_dropout",
+                      "best_metric")}}
+
+
+def identity(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup) -> dict:
+    """This run's identity: the data, the model's shape, and every setting the batches, the LR schedule or the
+    checkpoints depend on."""
+    shape = inputs.model.config
+    settings = {name: getattr(config, name) for name in IDENTITY_FLAGS if hasattr(config, name)}
+    settings.update(
+        data=inputs.data.fingerprint, max_length=inputs.max_length, replicas=setup.strategy.num_replicas_in_sync,
+        workers=setup.num_workers, mixed_precision=setup.precision,
+        model=f"{shape.num_hidden_layers} layers, hidden {shape.hidden_size}, vocab {shape.vocab_size}",
+        per_replica_batch_size=None if config.batch_tokens else config.per_replica_batch_size)
+    return settings
+
+
+@dataclasses.dataclass
 class Trainable:
     classifier: object
     tokenizer: object
-    manager: tf.train.CheckpointManager
+    checkpoint: tf.train.Checkpoint
     scratch: str | None              # other workers' directory for the saves they must take part in
+    manager: tf.train.CheckpointManager | None = None    # made by restore, once the checkpoints are verified
 
 
 def build(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup, data: Data, run_dir) -> Trainable:
@@ -156,23 +181,51 @@ def build(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup, data: D
         classifier = model_lib.build_and_compile(inputs.model.dir, data.label_names, config, data.total_steps)
         checkpoint = tf.train.Checkpoint(model=classifier, optimizer=classifier.optimizer)
     scratch = None if setup.is_chief else tempfile.mkdtemp(prefix="worker-scratch-")   # checkpoints/, best/
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(scratch or run_dir.path, "checkpoints"), max_to_keep=2)
-    return Trainable(classifier, inputs.model.tokenizer, manager, scratch)
+    return Trainable(classifier, inputs.model.tokenizer, checkpoint, scratch)
 
 
 def restore(config: TrainConfig, trainable: Trainable, run_dir, data: Data) -> int:
-    """Resume from the run's last checkpoint, if any; return the step it holds."""
-    latest = tf.train.latest_checkpoint(os.path.join(run_dir.path, "checkpoints"))
-    if latest:
-        trainable.manager.checkpoint.restore(latest).expect_partial()
-        logging.info("resumed from %s", latest)
-    step = int(trainable.classifier.optimizer.iterations.numpy())
+    """Resume from the newest intact checkpoint (one that reads back whole, all finite, and fits the model); say
+    which were passed over and why; refuse if checkpoints exist and none is intact. Return the step resumed."""
+    directory, step, damaged = run_dir.file(rundir.CHECKPOINTS), 0, {}
+    numbers = rundir.checkpoint_numbers(directory)
+    for number in numbers:
+        problem = (rundir.checkpoint_problem(os.path.join(directory, f"ckpt-{number}"))
+                   or _restore(trainable, number, directory))
+        if problem is None:
+            step = number
+            break
+        damaged[number] = problem
+    listed = "; ".join(f"ckpt-{number} ({problem})" for number, problem in damaged.items())
+    if (damaged or rundir.has_checkpoints(run_dir)) and not step:
+        raise UsageError(f"{run_dir.url}/{rundir.CHECKPOINTS} holds no intact checkpoint{': ' + listed if listed else ''}"
+                         ": restore the files, or pass --overwrite_output_dir to start afresh")
+    if damaged:
+        print(f"passed over damaged checkpoints, resuming from ckpt-{step}: {listed}", flush=True)
+    if damaged and run_dir.writer:      # the damaged ones go; the pointer file lists the intact ones
+        for number in damaged:
+            rundir.remove_checkpoint(directory, number)
+        rundir.point_to(directory, sorted(n for n in numbers if n <= step and n not in damaged))
+    if step:
+        logging.info("resumed from %s", os.path.join(directory, f"ckpt-{step}"))
+    trainable.manager = tf.train.CheckpointManager(trainable.checkpoint, os.path.join(
+        trainable.scratch or run_dir.path, rundir.CHECKPOINTS), max_to_keep=2)
     if config.profile_steps and not step < config.profile_steps[1] <= data.total_steps:
         raise UsageError(f"--profile_steps={config.profile_steps[0]},{config.profile_steps[1]} lies outside this "
                          f"run's steps {step + 1}..{data.total_steps}: choose steps inside it")
-    for name in ("steps.csv", "validation.csv"):
-        callbacks.drop_csv_rows_after(os.path.join(run_dir.path, name), step)
+    for name in (rundir.STEPS_CSV, rundir.VALIDATION_CSV):
+        callbacks.drop_csv_rows_after(run_dir.file(name), step)
     return step
+
+
+def _restore(trainable: Trainable, number: int, directory: str) -> str | None:
+    """Restore ckpt-<number> into the model and optimizer; why it does not fit, or None."""
+    try:
+        trainable.checkpoint.restore(os.path.join(directory, f"ckpt-{number}")).expect_partial()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    held = int(trainable.classifier.optimizer.iterations.numpy())
+    return None if held == number else f"it holds step {held}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,25 +239,28 @@ class Hooks:
 
 def make_callbacks(config: TrainConfig, setup: Setup, data: Data, trainable: Trainable, run_dir,
                    resumed_from_step: int) -> Hooks:
-    logs, chief = os.path.join(run_dir.path, "logs"), setup.is_chief
-    step_logger = callbacks.StepLogger(os.path.join(logs, "train"), os.path.join(run_dir.path, "steps.csv"),
+    logs, chief = run_dir.file(rundir.LOGS), setup.is_chief
+    step_logger = callbacks.StepLogger(os.path.join(logs, "train"), run_dir.file(rundir.STEPS_CSV),
                                        config.log_every_steps, data.total_steps, enabled=chief)
     saver = callbacks.Checkpoint(trainable.manager, config.checkpoint_every_steps, chief, on_saved=run_dir.sync)
     scorer = metrics.Scorer(trainable.classifier, setup.strategy, data.label_names, jit_compile=config.xla)
-    keras = [step_logger, saver]      # the logger first: its step time excludes the others' work
+    keras = [step_logger]             # the logger first: its step time excludes the others' work
     validation = None
     if "validation" in data.splits:
-        best = callbacks.Best(trainable.classifier, os.path.join(run_dir.path, "best"), config.best_metric,
+        best = callbacks.Best(trainable.classifier, run_dir.file(rundir.BEST), config.best_metric,
                               resumed_from_step, save_dir=None if chief else os.path.join(trainable.scratch, "best"))
         batches = setup.distribute(eval_batches(data, "validation", trainable, setup))   # iterated anew each time
         validation = callbacks.Validation(
             scorer, batches, config.eval_every_steps or data.steps_per_epoch, best, config.early_stopping_patience,
-            os.path.join(logs, "validation"), os.path.join(run_dir.path, "validation.csv"), chief, run_dir.sync)
+            os.path.join(logs, "validation"), run_dir.file(rundir.VALIDATION_CSV), chief, run_dir.sync)
         keras.append(validation)
+    keras.append(saver)               # after validation: a checkpoint at step N follows N's validation and best
     if chief and config.profile_steps:
         keras.append(callbacks.Profile(os.path.join(logs, "train"), *config.profile_steps))
     if sys.stdout.isatty():
         keras.append(callbacks.EpochProgbar(-(-data.total_steps // data.steps_per_epoch)))
+    for hook in keras:                # a rerun with no step left to train still saves and validates in finish
+        hook.set_model(trainable.classifier)
     return Hooks(keras, step_logger, saver, validation, scorer)
 
 
@@ -300,15 +356,15 @@ def finish(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup, data: 
         stats["best"] = validation.best.summary()
     if exported == "best":
         validation.best.restore()
-    stats["exported"] = exported
+    stats.update(exported=exported, weights_sha256=weights_digest(trainable.classifier))   # the exported weights
     if setup.is_chief:
-        export(trainable, inputs, storage.join(config.output_dir, "export"), stats)
+        export(trainable, inputs, storage.join(config.output_dir, rundir.EXPORT), stats)
     if "test" in data.splits:
         stats.update(hooks.scorer.score(setup.distribute(eval_batches(data, "test", trainable, setup))))
     run_dir.sync()
     if setup.is_chief:
         stats.update(seconds=round(time.time() - start, 1), config=dataclasses.asdict(config))
-        storage.write_json(storage.join(config.output_dir, METRICS), stats)
+        storage.write_json(storage.join(config.output_dir, rundir.METRICS), stats)
     return stats
 
 
@@ -324,8 +380,7 @@ def _stats(config: TrainConfig, setup: Setup, data: Data, trainable: Trainable, 
              "resumed_from_step": loop.resumed_from_step,
              "stopped_early_at": hooks.validation.stopped_early_at if hooks.validation else None,
              "worker": {"index": setup.worker_index, "count": setup.num_workers,
-                        "rows_sha256": loop.rows_digest.hexdigest()},
-             "weights_sha256": weights_digest(trainable.classifier)}
+                        "rows_sha256": loop.rows_digest.hexdigest()}}
     if logger.totals["seconds"]:
         stats["examples_per_sec"] = logger.totals["examples"] / logger.totals["seconds"]
         stats["real_tokens_per_sec"] = logger.totals["real_tokens"] / logger.totals["seconds"]

@@ -37,17 +37,23 @@ def define_flags(config_class, fv: flags.FlagValues) -> None:
         meta, kind = field.metadata, _kind(field)
         default = field.default if not isinstance(field.default, tuple) else ",".join(map(str, field.default))
         if meta.get("choices"):
-            flags.DEFINE_enum(field.name, default, meta["choices"], meta["help"], flag_values=fv)
+            flags.DEFINE_enum(field.name, default, meta["choices"], _help_text(field), flag_values=fv)
         else:
             define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float}.get(
                 kind, flags.DEFINE_string)
-            define(field.name, default, meta["help"], flag_values=fv)
-        if meta.get("required"):
-            flags.mark_flag_as_required(field.name, flag_values=fv)
+            define(field.name, default, _help_text(field), flag_values=fv)
+
+
+def _help_text(field: dataclasses.Field) -> str:
+    return field.metadata["help"] + (" (required)" if field.metadata.get("required") else "")
 
 
 def config_from_flags(config_class, fv: flags.FlagValues):
-    """The frozen config; its construction checks every value."""
+    """The frozen config; its construction checks every value. Every missing required flag is named in one line."""
+    missing = [f"--{field.name}" for field in dataclasses.fields(config_class)
+               if field.metadata.get("required") and fv[field.name].value is None]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (see --help)")
     values = {}
     for field in dataclasses.fields(config_class):
         value, parse = fv[field.name].value, field.metadata.get("parse")
@@ -55,14 +61,23 @@ def config_from_flags(config_class, fv: flags.FlagValues):
     return config_class(**values)
 
 
+def _flagfiles(args: list[str]):
+    """The flag files named in `args`, in both forms: --flagfile=F and --flagfile F."""
+    for i, arg in enumerate(args):
+        if arg.startswith(("--flagfile=", "-flagfile=")):
+            yield arg.split("=", 1)[1]
+        elif arg in ("--flagfile", "-flagfile") and i + 1 < len(args):
+            yield args[i + 1]
+
+
 def check_flagfiles(args: list[str], seen: tuple = ()) -> None:
-    """Every line of a flag file is a flag: a line without leading dashes would be silently ignored."""
-    for arg in args:
-        if not arg.startswith(("--flagfile=", "-flagfile=")):
-            continue
-        path = arg.split("=", 1)[1]
-        if path in seen:
+    """Every line of a flag file is a flag (a line without leading dashes would be silently ignored); a flag file
+    is a regular file, and never includes itself (also through a link)."""
+    for path in _flagfiles(args):
+        if os.path.realpath(path) in seen:
             raise UsageError(f"--flagfile={path} includes itself")
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise UsageError(f"--flagfile={path} is not a regular file: pass the path of a flag file")
         try:
             with open(path) as f:
                 lines = f.read().splitlines()
@@ -73,7 +88,8 @@ def check_flagfiles(args: list[str], seen: tuple = ()) -> None:
             text = line.strip()
             if text and not text.startswith(("#", "//", "-")):
                 raise UsageError(f"{path} line {number}: {text!r} is not a flag: write it as --{text}")
-        check_flagfiles([line.strip() for line in lines], (*seen, path))
+        check_flagfiles([part for line in lines for part in line.strip().split(None, 1)],
+                        (*seen, os.path.realpath(path)))
 
 
 def os_error_line(error: OSError) -> str:
@@ -107,8 +123,10 @@ def _route_logs_to_stdout() -> None:
     warnings.simplefilter("ignore", FutureWarning)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")   # read when these libraries set their loggers up
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
-    for noisy in ("tensorflow", "transformers", "datasets", "h5py", "fsspec", "gcsfs", "urllib3", "filelock"):
+    for noisy in ("tensorflow", "transformers", "datasets", "h5py", "urllib3", "filelock"):
         std_logging.getLogger(noisy).setLevel(std_logging.ERROR)
+    for network in ("fsspec", "gcsfs", "aiohttp", "asyncio", "google", "google_auth_httplib2"):   # retries, tracebacks
+        std_logging.getLogger(network).setLevel(std_logging.CRITICAL + 1)
     if not sys.stderr.isatty():   # datasets' progress bars go to stderr: only on a terminal
         os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
 
@@ -121,13 +139,31 @@ def _help(fv: flags.FlagValues, script: bool) -> str:
 
 
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt      # unwinds, so every staged output is removed on the way out
+    """The first SIGINT/SIGTERM unwinds (so every staged output is removed on the way out); later ones are
+    ignored, so cleanup code (datasets' included) is never cut short with a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+TRACEBACK = "TRAINER_TRACEBACK"      # set to 1 to see the traceback behind an internal error (for a bug report)
 
 
 def fail(message: str, status: int = 2) -> typing.NoReturn:
+    """`error: message` as the one stderr line (newlines inside it, e.g. from a path, are shown escaped)."""
     sys.stdout.flush()
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(f"error: {message}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def _internal(error: BaseException) -> typing.NoReturn:
+    """The net under every specific message: one line, exit 1; the traceback only when asked for."""
+    if os.environ.get(TRACEBACK):
+        import traceback
+        traceback.print_exception(error, file=sys.stdout)
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    fail(f"internal error: {type(error).__name__}: {first} (set {TRACEBACK}=1 to see the traceback, and please "
+         "report it)", 1)
 
 
 def run(config_class, main: Callable, doc: str, takes_arguments: bool = False, argv: list[str] | None = None,
@@ -153,6 +189,7 @@ def run(config_class, main: Callable, doc: str, takes_arguments: bool = False, a
         config = config_from_flags(config_class, fv)
         _route_logs_to_stdout()
         signal.signal(signal.SIGTERM, _interrupt)     # training installs its own (save, then stop)
+        signal.signal(signal.SIGINT, _interrupt)
         main(config, arguments)
     except Error as e:
         fail(str(e))
@@ -160,3 +197,5 @@ def run(config_class, main: Callable, doc: str, takes_arguments: bool = False, a
         fail(os_error_line(e))
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except Exception as e:  # noqa: BLE001 (the last line of defence)
+        _internal(e)

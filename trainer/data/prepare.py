@@ -7,6 +7,7 @@ into place at the end, so a failure leaves nothing half-written.
 """
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -15,7 +16,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from trainer import hub, storage
+from trainer import hub, rundir, schema, storage
 from trainer.config import PrepareConfig
 from trainer.data import readers
 from trainer.errors import UsageError
@@ -57,10 +58,15 @@ def prepare(config: PrepareConfig) -> dict:
                          f"{config.model}: pass --max_length<={positions}")
     settings = _settings(config, tokenizer)
     existing = storage.read_json(storage.join(config.output_dir, MANIFEST))
-    if existing and existing.get("settings") == settings and _intact(config.output_dir, existing):
+    if _valid(existing) and existing["settings"] == settings and _intact(config.output_dir, existing):
         existing["reused"] = True
         return existing
     _check_replaceable(config, existing)
+    with rundir.OutputLock(config.output_dir):     # its holder may remove stale staging beside the output
+        return _build_in_place(config, settings, tokenizer, start)
+
+
+def _build_in_place(config: PrepareConfig, settings: dict, tokenizer, start: float) -> dict:
     work = storage.scratch_dir(config.output_dir)
     try:
         with storage.staged_dir(config.output_dir, last=MANIFEST) as staged:
@@ -91,14 +97,24 @@ def _settings(config: PrepareConfig, tokenizer) -> dict:
     }
 
 
-def _check_replaceable(config: PrepareConfig, existing: dict | None) -> None:
-    """Only a prepared dataset (or an empty directory) is ever replaced, and only with --overwrite."""
+def _valid(manifest) -> bool:
+    return schema.problem(manifest, schema.MANIFEST) is None
+
+
+def _check_replaceable(config: PrepareConfig, existing) -> None:
+    """Only a prepared dataset (a valid manifest, and no file it does not list) or an empty directory is ever
+    replaced, and only with --overwrite."""
     out = config.output_dir
     if not storage.exists(out) or (not storage.is_url(out) and os.path.isdir(out) and not os.listdir(out)):
         return
-    if existing is None:
-        raise UsageError(f"--output_dir={out} exists and is not a prepared dataset (no {MANIFEST}): pass a new "
-                         "or empty --output_dir")
+    if not _valid(existing):
+        raise UsageError(f"--output_dir={out} exists and is not a prepared dataset (no valid {MANIFEST}): pass a "
+                         "new or empty --output_dir")
+    foreign = sorted(set(storage.relative_files(out)) - set(existing["files"]) - {MANIFEST}) \
+        if not storage.is_url(out) else []
+    if foreign:
+        raise UsageError(f"--output_dir={out} holds files that are not part of its prepared dataset ({foreign[0]}"
+                         f"{' and more' if len(foreign) > 1 else ''}): move them, or pass another --output_dir")
     if not config.overwrite:
         raise UsageError(f"{out} already exists (prepared with other inputs or settings): pass --overwrite to "
                          "replace it, or another --output_dir")
@@ -216,6 +232,11 @@ class Prepared:
         """The splits, memory-mapped."""
         return datasets.load_from_disk(self.dir)
 
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever any of its files does (the manifest's table of sizes and sha256s)."""
+        return hashlib.sha256(json.dumps(self.manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
+
 
 def open_prepared(data_dir: str) -> Prepared:
     """Check a prepared dataset (manifest, version, every file's size and sha256) and return it."""
@@ -224,12 +245,15 @@ def open_prepared(data_dir: str) -> Prepared:
                          "--output_dir=...")
     local = storage.local_copy(data_dir)
     manifest = storage.read_json(os.path.join(local, MANIFEST))
+    where, fix = storage.join(data_dir, MANIFEST), "run trainer-prepare again with --overwrite"
     if not isinstance(manifest, dict):
-        raise UsageError(f"{data_dir}/{MANIFEST} is damaged (not JSON): run trainer-prepare again with --overwrite")
-    version = manifest.get("settings", {}).get("format_version")
+        raise UsageError(f"{where} is damaged (not a JSON object): {fix}")
+    schema.check(manifest, {"settings": {"format_version": schema.Int()}}, where, fix)
+    version = manifest["settings"]["format_version"]
     if version != FORMAT_VERSION:
         raise UsageError(f"{data_dir} was prepared by an incompatible version (format {version}, this trainer "
-                         f"reads {FORMAT_VERSION}): run trainer-prepare again with --overwrite")
+                         f"reads {FORMAT_VERSION}): {fix}")
+    schema.check(manifest, schema.MANIFEST, where, fix)
     problem = _damage(local, manifest)
     if problem and local != data_dir:          # a damaged cache copy: fetch it again
         shutil.rmtree(local, ignore_errors=True)
@@ -244,6 +268,8 @@ def _damage(directory: str, manifest: dict) -> str | None:
     """What differs between the files on disk and the manifest's table, or None."""
     for name, expected in manifest.get("files", {}).items():
         path = os.path.join(directory, name)
+        if os.path.isabs(name) or ".." in name.split("/"):
+            return f"the manifest lists {name!r}, a path outside the dataset"
         if not os.path.isfile(path):
             return f"{name} is missing"
         if os.path.getsize(path) != expected["bytes"]:

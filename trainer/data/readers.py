@@ -98,8 +98,12 @@ def read_rows(source: SourceConfig, stats: ReadStats, keep_neutral: bool = False
         raise UsageError(f"{source.input}: not readable as {source.format} ({e}): check --format") from None
 
 
+def _positional(column: str) -> bool:
+    return column.isascii() and column.isdigit()      # not "²", which isdigit() accepts and int() refuses
+
+
 def _column_index(column: str, header: list[str] | None, path: str) -> int:
-    if column.isdigit():
+    if _positional(column):
         return int(column)
     if header is None or column not in header:
         raise UsageError(f"{path}: no column {column!r} in the header {header}: pass --text_column/--label_column "
@@ -116,7 +120,7 @@ def _delimited_records(source: SourceConfig, stats: ReadStats) -> Iterator[tuple
         if source.format == "sentiment140":
             num_columns, text_index, label_index = 6, 5, 0
         else:
-            positional = source.text_column.isdigit() and source.label_column.isdigit()
+            positional = _positional(source.text_column) and _positional(source.label_column)
             header = None if positional else next(reader, None)
             text_index = _column_index(source.text_column, header, source.input)
             label_index = _column_index(source.label_column, header, source.input)
@@ -152,5 +156,10 @@ def _jsonl_records(source: SourceConfig, stats: ReadStats) -> Iterator[tuple[int
             if source.text_column not in record or source.label_column not in record:
                 stats.rows_read += 1
                 stats.dropped["missing_column"] += 1
+                continue
+            text = record[source.text_column]
+            if not isinstance(text, (str, type(None))) or isinstance(record[source.label_column], (dict, list)):
+                stats.rows_read += 1
+                stats.dropped["not_text"] += 1     # a list, an object or a number is no text
                 continue
             yield line_number, record[source.text_column], record[source.label_column]
