@@ -273,7 +273,7 @@ class Best:
         """best.json if it is sound and names an intact checkpoint of this metric, and else what is wrong."""
         path = os.path.join(self.run_best_dir, rundir.BEST_INFO)
         if not os.path.exists(path):
-            return None, None
+            return None, ("(best.json is missing)" if rundir.checkpoint_numbers(self.run_best_dir) else None)
         kept = storage.read_json(path)
         problem = schema.problem(kept, schema.BEST) if kept is not None else "best.json is not JSON"
         if problem:

@@ -301,14 +301,17 @@ def check_identity(run_dir: RunDir, settings: dict, flags: dict) -> None:
         return
     differing = [name for name in sorted(set(settings) | set(recorded)) if settings.get(name) != recorded.get(name)]
     if differing:
-        shown = "; ".join(f"{flags.get(name, name)} was {_text(recorded.get(name))}, now {_text(settings.get(name))}"
-                          for name in differing)
+        shown = "; ".join(f"{flags.get(name, name)} was {_text(recorded.get(name), settings.get(name))}, now "
+                          f"{_text(settings.get(name), recorded.get(name))}" for name in differing)
         raise UsageError(f"{run_dir.url} is a run with other settings ({shown}): rerun with the recorded values to "
                          "resume it, or pass --overwrite_output_dir to start afresh, or another --output_dir")
 
 
-def _text(value) -> str:
-    return "unset" if value is None else ",".join(map(str, value)) if isinstance(value, list) else str(value)
+def _text(value, other) -> str:
+    """A value as a flag would show it; as JSON where that would look the same as the value it differs from."""
+    shown = {None: "unset"}.get(value) if value is None else ",".join(map(str, value)) if isinstance(value, list) \
+        else str(value)
+    return json.dumps(value) if shown == (str(other) if other is not None else "unset") else shown
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------

@@ -1,0 +1,328 @@
+"""The run directory as a state machine, driven by fault matrices (in process, faults injected from inside):
+
+  each file of a run stopped mid-run x {deleted, truncated, garbled, replaced by the file of another run}
+      -> the rerun resumes from the newest intact checkpoint and ends at the planned step and examples, or
+         refuses in one line touching nothing;
+  a kill at each phase boundary -> the same command again ends in the state of an uninterrupted run;
+  a change of any identity setting -> one line naming it; a change of a resumable setting -> resumes.
+"""
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import train_config
+from trainer import callbacks, rundir, storage, train
+from trainer.errors import UsageError
+
+STEPS, STOP_AT = 16, 12          # 8 steps per epoch (256 rows / 32), two epochs; the stopped run saved ckpt-8, 12
+
+
+class Killed(BaseException):
+    """A kill at a chosen point: nothing of the run catches it (it is no Exception)."""
+
+
+def config(data, model, out, **overrides):
+    settings = dict(max_train_examples=256, checkpoint_every_steps=4, eval_every_steps=4, log_every_steps=4)
+    return train_config(data, model, out, **{**settings, **overrides})
+
+
+@contextlib.contextmanager
+def patched(owner, name, replacement):
+    original = getattr(owner, name)
+    setattr(owner, name, replacement(original))
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def stop_at(step):
+    """Training stops at `step` as after SIGTERM: the checkpoint of that step is saved, nothing is exported."""
+    def replacement(original):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.global_step(batch) == step:
+                self.request_stop()
+            original(self, batch, logs)
+        return on_train_batch_end
+    return patched(callbacks.Checkpoint, "on_train_batch_end", replacement)
+
+
+def stopped(out, data, model, **overrides):
+    with stop_at(STOP_AT):
+        stats = train.run(config(data, model, out, **overrides))
+    assert stats["interrupted"] and stats["global_step"] == STOP_AT
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, small_prepared, no_dropout_model):
+    """A run stopped at step 12, another run (seed 2) stopped there too, and the uninterrupted run."""
+    root = tmp_path_factory.mktemp("state")
+    whole = train.run(config(small_prepared, no_dropout_model, root / "whole"))
+    return dataclasses.make_dataclass("Runs", ["stopped", "other", "whole", "data", "model"])(
+        stopped(root / "stopped", small_prepared, no_dropout_model),
+        stopped(root / "other", small_prepared, no_dropout_model, seed=2), whole, small_prepared, no_dropout_model)
+
+
+def snapshot(root) -> dict:
+    return {os.path.relpath(os.path.join(d, n), root): hashlib.sha256(open(os.path.join(d, n), "rb").read()).hexdigest()
+            for d, _, names in os.walk(root) for n in names if n != rundir.LOCK}
+
+
+def best_file(run, suffix):
+    return next(f"best/{p.name}" for p in sorted((run / "best").iterdir()) if p.name.endswith(suffix))
+
+
+def damage(run_dir, other_dir, relative, how):
+    path = run_dir / relative
+    if how == "deleted":
+        path.unlink()
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    elif how == "garbled":
+        path.write_bytes(b"\x00garbage\xff{[" * 40)
+    else:   # replaced by the same file of the other run (the one at the same place among its files)
+        name = relative if not relative.startswith("best/ckpt-") else best_file(other_dir, relative.split(".", 1)[1])
+        shutil.copy(other_dir / name, path)
+
+
+def assert_refused(error: UsageError, *words):
+    message = str(error)
+    assert "\n" not in message and all(word in message for word in words), message
+
+
+def assert_finished(stats, resumed_from):
+    assert stats["global_step"] == STEPS and stats["examples_seen"] == STEPS * 32
+    assert stats["resumed_from_step"] == resumed_from and "interrupted" not in stats
+
+
+CHECKPOINT_FILES = ("checkpoints/ckpt-12.index", "checkpoints/ckpt-12.data-00000-of-00001")
+OUTCOMES = {   # file -> (expected outcome, a word its line says); the best files' names depend on the best step
+    **{name: ("resume 8", "passed over damaged checkpoints") for name in CHECKPOINT_FILES},
+    "checkpoints/checkpoint": ("resume 12", ""),
+    "best/.index": ("resume 12", "the best weights so far are forgotten"),
+    "best/.data-00000-of-00001": ("resume 12", "the best weights so far are forgotten"),
+    "best/best.json": ("resume 12", "the best weights so far are forgotten"),
+    "run.json": ("refuse", "run.json"),
+    "steps.csv": ("resume 12", ""),
+    "validation.csv": ("resume 12", ""),
+}
+HOWS = ("deleted", "truncated", "garbled", "replaced")
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("relative", OUTCOMES)
+def test_a_damaged_file_of_a_stopped_run(relative, how, runs, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    name = best_file(run_dir, relative[len("best/"):]) if relative.startswith("best/.") else relative
+    damage(run_dir, runs.other, name, how)
+    outcome, says = OUTCOMES[relative]
+    before = snapshot(run_dir)
+    capsys.readouterr()
+    if outcome == "refuse":
+        with pytest.raises(UsageError) as refused:
+            train.run(config(runs.data, runs.model, run_dir))
+        assert_refused(refused.value, "--seed was 2, now 1" if how == "replaced" else "run.json", "--overwrite_output_dir")
+        assert snapshot(run_dir) == before
+        return
+    stats = train.run(config(runs.data, runs.model, run_dir))
+    out = capsys.readouterr().out
+    if how == "replaced" and relative.startswith("best/"):
+        says = ""       # the other run's best may name the same step: nothing then tells them apart
+    assert says in out, out[-2000:]
+    assert_finished(stats, int(outcome.split()[1]))
+    assert (run_dir / rundir.METRICS).exists() and (run_dir / "export" / "tf_model.h5").exists()
+
+
+def test_no_intact_checkpoint_is_refused_and_nothing_restarts_from_0(runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    for index in (run_dir / "checkpoints").glob("*.index"):
+        index.write_bytes(b"garbage")
+    before = snapshot(run_dir)
+    with pytest.raises(UsageError) as refused:
+        train.run(config(runs.data, runs.model, run_dir))
+    assert_refused(refused.value, "holds no intact checkpoint", "ckpt-12 (", "ckpt-8 (", "--overwrite_output_dir")
+    assert snapshot(run_dir) == before
+    stats = train.run(config(runs.data, runs.model, run_dir, overwrite_output_dir=True))   # unless told to
+    assert_finished(stats, 0)
+
+
+def test_non_finite_optimizer_state_makes_a_checkpoint_unsound(runs, tmp_path, capsys):
+    """Finite weights with an infinite AdamW moment: the checkpoint is passed over, the older one resumes."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    prefix = str(run_dir / "checkpoints" / "ckpt-12")
+    assert rundir.checkpoint_problem(prefix) is None
+    model = _model_for(runs, run_dir)
+    model.optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    checkpoint.read(prefix).expect_partial()
+    moment = next(v for v in model.optimizer.variables if v.dtype.is_floating and v.shape.rank == 2)
+    moment.assign(tf.fill(moment.shape, float("inf")))
+    checkpoint.write(prefix)
+    assert "not finite" in rundir.checkpoint_problem(prefix)
+    capsys.readouterr()
+    stats = train.run(config(runs.data, runs.model, run_dir))
+    assert "passed over damaged checkpoints, resuming from ckpt-8" in capsys.readouterr().out
+    assert_finished(stats, 8)
+
+
+def _model_for(runs, run_dir):
+    from trainer import checks
+    cfg = config(runs.data, runs.model, run_dir)
+    inputs = checks.for_train(cfg)
+    setup = train.make_setup(cfg)
+    return train.build(cfg, inputs, setup, train.load_data(cfg, inputs, setup), None).classifier
+
+
+# ---- identity --------------------------------------------------------------------------------------------
+
+CHANGED = {   # identity settings: a rerun with another value is refused, naming it
+    "per_replica_batch_size": 16, "max_length": 32, "padding": "batch", "seed": 3, "learning_rate": 1e-3,
+    "epochs": 3, "max_train_examples": 128, "warmup_ratio": 0.2, "embedding_update": "lazy",
+}
+RESUMABLE = {"log_every_steps": 2, "eval_every_steps": 8, "checkpoint_every_steps": 2, "steps_per_execution": 2}
+
+
+@pytest.mark.parametrize("name", CHANGED)
+def test_a_changed_identity_setting_is_refused_naming_both_values(name, runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    before = snapshot(run_dir)
+    with pytest.raises(UsageError) as refused:
+        train.run(config(runs.data, runs.model, run_dir, **{name: CHANGED[name]}))
+    assert_refused(refused.value, f"--{name} was ", f"now {CHANGED[name]}", "--overwrite_output_dir")
+    assert snapshot(run_dir) == before
+
+
+def test_other_data_and_another_model_size_are_refused(runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    smaller = tmp_path / "smaller"
+    shutil.copytree(runs.model, smaller)
+    settings = json.loads((smaller / "config.json").read_text())
+    (smaller / "config.json").write_text(json.dumps({**settings, "num_hidden_layers": 1}))
+    with pytest.raises(UsageError) as refused:
+        train.run(config(runs.data, str(smaller), run_dir))
+    assert_refused(refused.value, "--model (its shape) was 2 layers", "now 1 layers")
+    data = tmp_path / "data"         # the same rows, one of its files rewritten: other content all the same
+    shutil.copytree(runs.data, data)
+    listing = data / "dataset_dict.json"
+    listing.write_text(json.dumps(json.loads(listing.read_text()), indent=4))
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["files"]["dataset_dict.json"] = {"bytes": listing.stat().st_size,
+                                              "sha256": hashlib.sha256(listing.read_bytes()).hexdigest()}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UsageError) as refused:
+        train.run(config(str(data), runs.model, run_dir))
+    assert_refused(refused.value, "--data_dir (its content) was ")
+
+
+def test_resumable_settings_may_change(runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    stats = train.run(config(runs.data, runs.model, run_dir, **RESUMABLE))
+    assert_finished(stats, STOP_AT)
+
+
+def test_a_finished_run_is_refused_naming_how_to_train_it_further(runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    train.run(config(runs.data, runs.model, run_dir))
+    with pytest.raises(UsageError) as refused:
+        train.run(config(runs.data, runs.model, run_dir, epochs=3))
+    assert_refused(refused.value, "holds a finished run", f"--model={run_dir}/export")
+
+
+# ---- a kill at each phase boundary -------------------------------------------------------------------------
+
+def _nth_call(n, before=None):
+    """A replacement that raises Killed at the n-th call (after `before(self, *args)` if given), else calls on."""
+    def replacement(original):
+        calls = []
+
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                if before:
+                    before(*args, **kwargs)
+                raise Killed
+            return original(*args, **kwargs)
+        return wrapper
+    return replacement
+
+
+def _after_call(original):
+    def wrapper(*args, **kwargs):
+        original(*args, **kwargs)
+        raise Killed
+    return wrapper
+
+
+def _half_written_checkpoint(original):
+    def save(self, checkpoint_number=None, **kwargs):
+        path = original(self, checkpoint_number=checkpoint_number, **kwargs)
+        if checkpoint_number == 8:
+            data = path + ".data-00000-of-00001"
+            with open(data, "r+b") as f:
+                f.truncate(os.path.getsize(data) // 2)
+            raise Killed
+        return path
+    return save
+
+
+def _kept_but_not_named(best, step, metrics):
+    best.checkpoint.write(os.path.join(best.save_dir, f"ckpt-{step}"))      # written, best.json not yet
+
+
+def _staging_left_behind(original):
+    return lambda path: None        # a killed process removes nothing
+
+
+PHASES = {
+    "after data load": [(train, "load_data", _after_call)],
+    "mid-epoch": [(train, "_fit_epoch", _nth_call(2))],
+    "during validation": [(callbacks.Validation, "validate", _nth_call(2))],
+    "during a checkpoint write": [(tf.train.CheckpointManager, "save", _half_written_checkpoint)],
+    "during the best save": [(callbacks.Best, "keep", _nth_call(2, _kept_but_not_named))],
+    "during export staging": [(storage, "_replace_dir", _nth_call(1)), (storage, "_remove", _staging_left_behind)],
+    "before metrics.json": [(storage, "write_json", lambda original: lambda path, obj: (
+        (_ for _ in ()).throw(Killed) if path.endswith(rundir.METRICS) else original(path, obj)))],
+}
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_kill_at_each_phase_then_the_same_command_finishes_as_if_uninterrupted(phase, runs, tmp_path):
+    run_dir = tmp_path / "run"
+    with contextlib.ExitStack() as stack:
+        for owner, name, replacement in PHASES[phase]:
+            stack.enter_context(patched(owner, name, replacement))
+        with pytest.raises(Killed):
+            train.run(config(runs.data, runs.model, run_dir))
+    assert not (run_dir / rundir.METRICS).exists()
+    stats = train.run(config(runs.data, runs.model, run_dir))
+    whole = runs.whole
+    assert stats["global_step"] == whole["global_step"] and stats["examples_seen"] == whole["examples_seen"]
+    assert stats["best"]["step"] == whole["best"]["step"]
+    assert stats["weights_sha256"] == whole["weights_sha256"] or _same_logits(run_dir, runs), phase
+    assert not [name for _, _, names in os.walk(run_dir) for name in names if storage.is_staging(name)]
+    assert not [path for path in os.listdir(run_dir) if storage.is_staging(path)]
+    assert json.loads((run_dir / rundir.METRICS).read_text())["global_step"] == STEPS
+
+
+def _same_logits(run_dir, runs) -> bool:
+    from trainer import hub, model as model_lib
+    tokenizer = hub.load_tokenizer(str(run_dir / "export"))
+    inputs = dict(tokenizer(["so happy today", "worst day ever", "meh"], padding=True, return_tensors="tf"))
+    a = model_lib.load_export(str(run_dir / "export"))(inputs).logits.numpy()
+    b = model_lib.load_export(str(runs.stopped.parent / "whole" / "export"))(inputs).logits.numpy()
+    return bool(np.allclose(a, b, atol=1e-4))
