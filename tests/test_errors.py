@@ -138,7 +138,70 @@ def empty_file(ws):
     (ws / "empty.csv").write_text("")
 
 
+def fake_run(ws):
+    (ws / "oldrun").mkdir()
+    (ws / "oldrun" / "run.json").write_text('{"format": 1, "settings": {"seed": 1}}')
+    (ws / "oldrun" / "metrics.json").write_text('{"accuracy": 0.5}')
+
+
+def empty_manifest(ws):
+    (ws / "notes" / "manifest.json").write_text("{}")
+
+
+def data_with_a_user_file(ws):
+    shutil.copytree(ws / "data", ws / "data2")
+    (ws / "data2" / "mine.txt").write_text("keep me\n")
+
+
+def dangling_link(ws):
+    os.symlink(ws / "nowhere", ws / "dangling")
+
+
+def fifo(ws):
+    os.mkfifo(ws / "fifo")
+
+
+def self_including_flagfile(ws):
+    (ws / "a.cfg").write_text("--max_length=32\n--flagfile " + str(ws / "b.cfg") + "\n")
+    os.symlink(ws / "a.cfg", ws / "b.cfg")
+
+
+def comma_csv(ws):
+    (ws / "rows.csv").write_text("text,label\ngood,1\nbad,0\n")
+
+
+BIG = str(2**63)
 CASES = {
+    # round 3: outputs that replace what is not theirs
+    "evaluate output inside a training run": (evaluate("--data_dir={ws}/data", "--output={ws}/oldrun/metrics.json"),
+                                              "lies inside a training run", fake_run),
+    "prepare over a directory whose manifest is {}": (prepare("--overwrite", output="{ws}/notes"),
+                                                      "is not a prepared dataset", empty_manifest),
+    "prepare over a dataset holding a user's file": (prepare("--overwrite", output="{ws}/data2"),
+                                                     "holds files that are not part of its prepared dataset (mine.txt)",
+                                                     data_with_a_user_file),
+    "train over its data through a file:// URL": (train("--overwrite_output_dir", output="file://{ws}/data"),
+                                                  "is the input --data_dir="),
+    "prepare into a dangling symlink": (prepare(output="{ws}/dangling"), "is a symlink to", dangling_link),
+    "evaluate output to a device": (evaluate("--data_dir={ws}/data", "--output=/dev/full"), "is a device or special file"),
+    # round 3: inputs that are not regular files, values that are not what they claim
+    "an input that is a device": (prepare(raw="/dev/zero"), "is not a regular file"),
+    "an input that is a pipe": (prepare(raw="{ws}/fifo"), "is not a regular file", fifo),
+    "an encoding that is no text encoding": (prepare("--encoding=undefined"), "--encoding=undefined: not a text encoding"),
+    "a codec that is a transform": (prepare("--encoding=rot13"), "not a text encoding"),
+    "a column given as a superscript digit": (prepare("--format=csv", "--text_column=\u00b2", "--label_column=label",
+                                                      raw="{ws}/rows.csv"), "no column '\u00b2'", comma_csv),
+    "steps_per_execution at 2**63": (train(f"--steps_per_execution={BIG}"), "must be in [1, 2147483647]"),
+    "evaluate batch_size at 2**63": (evaluate("--data_dir={ws}/data", f"--batch_size={BIG}"), "must be in [1, 2147483647]"),
+    "a TPU named with strategy auto": (train("--tpu=local"), "no TPU found at --tpu=local"),
+    "a flag file including itself through a link": (train("--flagfile", "{ws}/a.cfg"), "includes itself",
+                                                    self_including_flagfile),
+    # round 3: one line, always
+    "a newline inside a path": (train(data="{ws}/da\nta"), "{ws}/da\\nta is not a prepared dataset"),
+    "every required flag missing": (command("train"), "--data_dir, --model, --output_dir are required"),
+    "predict from a missing model directory": (command("predict", "--model_dir={ws}/nope", "hi"),
+                                               "pass --model_dir=<local directory>"),
+
     # 1. outputs that would destroy inputs
     "prepare into its input file": (prepare("--overwrite", output="{ws}/raw.csv"), "is the input --input="),
     "prepare into the directory holding its input": (prepare("--overwrite", output="{ws}"), "holds the input"),

@@ -157,38 +157,50 @@ def test_no_intact_checkpoint_is_refused_and_nothing_restarts_from_0(runs, tmp_p
 
 
 def test_non_finite_optimizer_state_makes_a_checkpoint_unsound(runs, tmp_path, capsys):
-    """Finite weights with an infinite AdamW moment: the checkpoint is passed over, the older one resumes."""
+    """A checkpoint with finite weights but an infinite AdamW moment (written as a trainer that checked only the
+    weights would have): the rerun passes it over and resumes from the older one."""
+    from trainer import model as model_lib
+
+    def poison(original):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.global_step(batch) == STOP_AT:
+                moment = next(v for v in self.model.optimizer.variables() if v.shape.rank == 2)
+                moment.assign(tf.fill(moment.shape, float("inf")))
+            original(self, batch, logs)
+        return on_train_batch_end
     run_dir = tmp_path / "run"
-    shutil.copytree(runs.stopped, run_dir)
-    prefix = str(run_dir / "checkpoints" / "ckpt-12")
-    assert rundir.checkpoint_problem(prefix) is None
-    model = _model_for(runs, run_dir)
-    model.optimizer.build(model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    checkpoint.read(prefix).expect_partial()
-    moment = next(v for v in model.optimizer.variables if v.dtype.is_floating and v.shape.rank == 2)
-    moment.assign(tf.fill(moment.shape, float("inf")))
-    checkpoint.write(prefix)
-    assert "not finite" in rundir.checkpoint_problem(prefix)
+    with patched(callbacks.Checkpoint, "on_train_batch_end", poison), stop_at(STOP_AT), \
+            patched(model_lib, "weights_are_finite", lambda original: lambda model: True):
+        train.run(config(runs.data, runs.model, run_dir))
+    assert "not finite" in rundir.checkpoint_problem(str(run_dir / "checkpoints" / "ckpt-12"))
     capsys.readouterr()
     stats = train.run(config(runs.data, runs.model, run_dir))
     assert "passed over damaged checkpoints, resuming from ckpt-8" in capsys.readouterr().out
     assert_finished(stats, 8)
 
 
-def _model_for(runs, run_dir):
-    from trainer import checks
-    cfg = config(runs.data, runs.model, run_dir)
-    inputs = checks.for_train(cfg)
-    setup = train.make_setup(cfg)
-    return train.build(cfg, inputs, setup, train.load_data(cfg, inputs, setup), None).classifier
+def test_a_save_refuses_non_finite_optimizer_state(runs, tmp_path):
+    from trainer.errors import Diverged
+
+    def poison(original):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.global_step(batch) == 6:
+                moment = next(v for v in self.model.optimizer.variables() if v.shape.rank == 2)
+                moment.assign(tf.fill(moment.shape, float("inf")))
+            original(self, batch, logs)
+        return on_train_batch_end
+    with patched(callbacks.Checkpoint, "on_train_batch_end", poison), pytest.raises(Diverged) as diverged:
+        train.run(config(runs.data, runs.model, tmp_path / "run"))
+    assert "optimizer state are not all finite after step 8" in str(diverged.value)
+    assert "ckpt-4, holds finite weights and optimizer state" in str(diverged.value)
+    assert rundir.checkpoint_numbers(str(tmp_path / "run" / "checkpoints")) == [4]
 
 
 # ---- identity --------------------------------------------------------------------------------------------
 
 CHANGED = {   # identity settings: a rerun with another value is refused, naming it
     "per_replica_batch_size": 16, "max_length": 32, "padding": "batch", "seed": 3, "learning_rate": 1e-3,
-    "epochs": 3, "max_train_examples": 128, "warmup_ratio": 0.2, "embedding_update": "lazy",
+    "epochs": 3, "max_train_examples": 128, "warmup_ratio": 0.2, "embedding_update": "frozen",
 }
 RESUMABLE = {"log_every_steps": 2, "eval_every_steps": 8, "checkpoint_every_steps": 2, "steps_per_execution": 2}
 
@@ -293,7 +305,7 @@ PHASES = {
     "mid-epoch": [(train, "_fit_epoch", _nth_call(2))],
     "during validation": [(callbacks.Validation, "validate", _nth_call(2))],
     "during a checkpoint write": [(tf.train.CheckpointManager, "save", _half_written_checkpoint)],
-    "during the best save": [(callbacks.Best, "keep", _nth_call(2, _kept_but_not_named))],
+    "during the best save": [(callbacks.Best, "keep", _nth_call(1, _kept_but_not_named))],
     "during export staging": [(storage, "_replace_dir", _nth_call(1)), (storage, "_remove", _staging_left_behind)],
     "before metrics.json": [(storage, "write_json", lambda original: lambda path, obj: (
         (_ for _ in ()).throw(Killed) if path.endswith(rundir.METRICS) else original(path, obj)))],

@@ -202,7 +202,7 @@ def restore(config: TrainConfig, trainable: Trainable, run_dir, data: Data) -> i
                          ": restore the files, or pass --overwrite_output_dir to start afresh")
     if damaged:
         print(f"passed over damaged checkpoints, resuming from ckpt-{step}: {listed}", flush=True)
-    if damaged and run_dir.writer:      # the damaged ones go; the pointer file lists the intact ones
+    if step and run_dir.writer:         # the damaged ones go; the pointer file (maybe damaged too) is written anew
         for number in damaged:
             rundir.remove_checkpoint(directory, number)
         rundir.point_to(directory, sorted(n for n in numbers if n <= step and n not in damaged))
@@ -222,7 +222,7 @@ def _restore(trainable: Trainable, number: int, directory: str) -> str | None:
     """Restore ckpt-<number> into the model and optimizer; why it does not fit, or None."""
     try:
         trainable.checkpoint.restore(os.path.join(directory, f"ckpt-{number}")).expect_partial()
-    except (tf.errors.OpError, ValueError, AssertionError) as e:
+    except Exception as e:  # noqa: BLE001 (whatever does not fit the model makes the checkpoint unusable)
         return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
     held = int(trainable.classifier.optimizer.iterations.numpy())
     return None if held == number else f"it holds step {held}"
