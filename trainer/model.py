@@ -8,7 +8,6 @@ loaded with transformers' own PyTorch->TF name mapping. Build inside `strategy.s
 import math
 import os
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 import transformers
@@ -149,11 +148,6 @@ def weights_are_finite(classifier) -> bool:
 def loss_fn(labels, logits):
     """Cross-entropy in float32, whatever precision the logits come in (fp16 logits overflow the loss)."""
     return tf_keras.losses.sparse_categorical_crossentropy(labels, tf.cast(logits, tf.float32), from_logits=True)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def total_steps(steps_per_epoch: int, config: TrainConfig) -> int:
