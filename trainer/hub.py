@@ -16,7 +16,9 @@ SNAPSHOT_FILES = ["*.json", "*.txt", "*.model", "tf_model*.h5", "*.safetensors"]
 
 
 def resolve(model: str) -> str:
-    """Return the local directory holding `model`'s files: a hub snapshot, or a bucket copy, is fetched once."""
+    """The local directory holding `model`'s files: a directory as it is; a hub id's snapshot (huggingface_hub's
+    cache) or a bucket URL's copy, downloaded when not already there. A name that can only be a path and
+    does not exist, or a file, is a UsageError."""
     if storage.is_url(model):
         if not storage.exists(storage.join(model, "config.json")):
             raise UsageError(f"{model} holds no config.json: pass a model directory saved with save_pretrained")
@@ -26,7 +28,7 @@ def resolve(model: str) -> str:
     if os.path.exists(model):
         raise UsageError(f"model {model} is a file: pass its directory (config.json, tokenizer and weights)")
     if os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1:
-        raise UsageError(f"model directory {model} does not exist: pass --model=<local directory or hub id>")
+        raise UsageError(f"model directory {model} does not exist: pass a local model directory or a hub id")
     try:
         return huggingface_hub.snapshot_download(model, allow_patterns=SNAPSHOT_FILES)
     except huggingface_hub.errors.RepositoryNotFoundError:
