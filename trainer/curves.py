@@ -59,7 +59,7 @@ def draw(run_dir: str) -> str | None:
         axes.legend(loc="best", fontsize="small")
     for axes in (learning_rate, throughput):
         axes.set_xlabel("step")
-    figure.suptitle(os.path.basename(os.path.normpath(run_dir)))
+    figure.suptitle(os.path.normpath(run_dir))
     path = os.path.join(run_dir, PNG)
     staged = path + ".tmp"
     figure.savefig(staged, format="png", dpi=100)
