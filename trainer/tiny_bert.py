@@ -43,7 +43,8 @@ def build(output_dir: str, texts, vocab_size: int = 2000, hidden_size: int = 32,
           max_positions: int = 128, seed: int = 0) -> str:
     """Write config.json, tf_model.h5 and tokenizer files for a tiny uncased BERT to output_dir."""
     from trainer import runtime
-    tf = runtime.import_tensorflow()
+    runtime.import_tensorflow()
+    import tf_keras
     os.makedirs(output_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         vocab_file = os.path.join(tmp, "vocab.txt")
@@ -54,7 +55,7 @@ def build(output_dir: str, texts, vocab_size: int = 2000, hidden_size: int = 32,
     config = transformers.BertConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=2, intermediate_size=2 * hidden_size, max_position_embeddings=max_positions)
-    tf.random.set_seed(seed)
+    tf_keras.utils.set_random_seed(seed)     # Keras' unseeded initializers draw from Python's random too
     model = transformers.TFBertModel(config)
     model.build_in_name_scope()
     model.save_pretrained(output_dir)
