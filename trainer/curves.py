@@ -55,6 +55,8 @@ def draw(run_dir: str) -> str | None:
                                          "of the windows)" if efficiency else ""))
     throughput.set_ylabel("examples/s", color="tab:blue")
     tokens.set_ylabel("real tokens/s", color="tab:red")
+    throughput.set_ylim(bottom=0)
+    tokens.set_ylim(bottom=0)
     for axes in (loss, accuracy):
         axes.legend(loc="best", fontsize="small")
     for axes in (learning_rate, throughput):
