@@ -17,13 +17,14 @@ import shutil
 import time
 
 import psutil
-from absl import app, flags
+from absl import flags
 
-from benchmarks import MINILM, SAMPLE_CSV
+from benchmarks import MINILM, SAMPLE_CSV, run
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS, inherited by the children)
 
-flags.DEFINE_integer("rows", 1_600_000, "Rows of the replicated data set (the full Sentiment140 has 1.6M).")
+flags.DEFINE_integer("rows", 1_600_000, "Rows of the replicated data set (the full Sentiment140 has 1.6M).",
+                     lower_bound=1)
 flags.DEFINE_string("sample", SAMPLE_CSV, "Sentiment140 rows to replicate.")
 flags.DEFINE_string("model", MINILM, "Model directory: tokenizer and config.")
 flags.DEFINE_string("work_dir", "/tmp/data_scale", "Scratch directory for the replicated CSV and prepared data.")
@@ -161,8 +162,8 @@ def print_table(report: dict) -> None:
     print(f"(anonymous memory only, not a target: streaming anon RSS ratio {report['stream_anon_rss_ratio']})")
 
 
-def main(argv):
-    del argv
+def _main(config, arguments):
+    del config, arguments
     os.makedirs(FLAGS.work_dir, exist_ok=True)
     big_csv = os.path.join(FLAGS.work_dir, f"sentiment140_{FLAGS.rows}.csv")
     replicate(FLAGS.sample, FLAGS.rows, big_csv)
@@ -199,4 +200,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(_main, __doc__)

@@ -8,27 +8,23 @@ flags after `--` plus --strategy=multi_worker. Output lines are prefixed with th
 non-zero, after stopping the others, if any worker fails. On a real cluster, run trainer-train
 on every host with its own TF_CONFIG instead (see README).
 """
-import argparse
+import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 
+from absl import flags
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from trainer import cli, runtime
+
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Worker processes to start.", lower_bound=1)
 
 
 def tf_configs(num_workers: int) -> list[str]:
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(num_workers)]}
+    """One TF_CONFIG per worker: the same loopback cluster, each its own task index."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in runtime.free_ports(num_workers)]}
     return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(num_workers)]
 
 
@@ -38,34 +34,31 @@ def _relay(index: int, stream) -> None:
         sys.stdout.flush()
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num_workers", type=int, default=2, help="Worker processes to start (>= 1).")
-    parser.add_argument("train_flags", nargs="*", help="trainer-train flags, after --")
-    args = parser.parse_args(argv)
-    if args.num_workers < 1:
-        print("error: --num_workers must be >= 1", file=sys.stderr)
-        return 2
-    command = [sys.executable, "-m", "trainer.cli.train", *args.train_flags, "--strategy=multi_worker"]
+def _first_failure(processes: list[subprocess.Popen]) -> int | None:
+    """The index of the first process to exit non-zero, as soon as it does; None if all succeed."""
+    while any(p.poll() is None for p in processes):
+        for index, process in enumerate(processes):
+            try:
+                if process.wait(timeout=0.5) != 0:
+                    return index
+            except subprocess.TimeoutExpired:
+                pass
+    return next((i for i, p in enumerate(processes) if p.returncode != 0), None)
+
+
+def launch(train_flags: list[str]) -> int:
+    """Run the workers to the end; 0 if all succeed, else 1 once the others are stopped."""
+    command = [sys.executable, "-m", "trainer.cli.train", *train_flags, "--strategy=multi_worker"]
     workers = []
-    for index, tf_config in enumerate(tf_configs(args.num_workers)):
+    for index, tf_config in enumerate(tf_configs(_NUM_WORKERS.value)):
         process = subprocess.Popen(command, env={**os.environ, "TF_CONFIG": tf_config}, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
         relay = threading.Thread(target=_relay, args=(index, process.stdout), daemon=True)
         relay.start()
         workers.append((process, relay))
-    failed = None
-    while failed is None and any(p.poll() is None for p, _ in workers):
-        for index, (process, _) in enumerate(workers):
-            try:
-                if process.wait(timeout=0.5) != 0:
-                    failed = index
-                    break
-            except subprocess.TimeoutExpired:
-                pass
-    if failed is None:
-        failed = next((i for i, (p, _) in enumerate(workers) if p.returncode != 0), None)
-    if failed is not None:
+    try:      # on a failure or an interrupt (Ctrl-C, SIGTERM) the others are stopped
+        failed = _first_failure([process for process, _ in workers])
+    finally:
         for process, _ in workers:
             if process.poll() is None:
                 process.terminate()
@@ -78,5 +71,11 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class NoSettings:
+    """The launcher's one flag is its own absl flag; the command layer only parses it."""
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    cli.run(NoSettings, lambda config, train_flags: sys.exit(launch(train_flags)), __doc__, takes_arguments=True,
+            flag_values=flags.FLAGS)

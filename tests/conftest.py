@@ -48,7 +48,7 @@ def run_cli(command: str, *args, stdin=None, env=None, timeout=600, cwd=None) ->
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    """A 2-layer, hidden-32 BERT with a WordPiece vocabulary trained on the shared sample."""
+    """A 2-layer, hidden-32 BERT with a 1000-token WordPiece vocabulary built from the shared sample."""
     from trainer import tiny_bert
     from trainer.config import SourceConfig
     from trainer.data import readers

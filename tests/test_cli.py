@@ -48,8 +48,17 @@ def test_flagfile_then_command_line_override(tmp_path):
 
 
 @pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.cfg")), ids=lambda p: p.name)
-def test_every_preset_parses(preset):
-    assert parse(TrainConfig, [f"--flagfile={preset}", *REQUIRED_TRAIN]).per_replica_batch_size > 0
+def test_every_preset_parses_into_its_settings(preset):
+    config = parse(TrainConfig, [*REQUIRED_TRAIN, f"--flagfile={preset}"])
+    for line in preset.read_text().splitlines():
+        if not line.startswith("--"):
+            continue
+        name, _, text = line[2:].partition("=")
+        value = getattr(config, name)
+        if isinstance(value, tuple):
+            value = ",".join(map(str, value))
+        expected = {bool: lambda t: t == "", float: float, int: int}.get(type(value), str)(text)
+        assert value == expected, line
 
 
 def test_a_flag_file_line_without_dashes_is_refused(tmp_path):
@@ -85,10 +94,12 @@ def test_help_exits_0_and_lists_each_flag_with_its_help():
     assert predict.returncode == 0 and "lines on stdin" in predict.stdout and "arguments" in predict.stdout
 
 
-def test_a_stray_argument_is_refused_but_predict_takes_texts():
+def test_a_stray_argument_is_refused_but_predict_takes_texts(tmp_path):
     result = run_cli("prepare", "--input=x.csv", "--output_dir=o", "--model=m", "--keep_neutral", "false")
     assert result.returncode == 2 and result.stderr == ("error: unexpected argument 'false': flags take the form "
                                                         "--name=value (booleans: --name or --noname)\n")
+    predict = run_cli("predict", f"--model_dir={tmp_path / 'none'}", "false")     # a text: on to the model check
+    assert predict.returncode == 2 and predict.stderr.startswith(f"error: model directory {tmp_path / 'none'} ")
 
 
 def test_the_readme_flag_tables_are_the_configs():

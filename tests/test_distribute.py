@@ -1,14 +1,13 @@
 """Strategy resolution: every branch on CPU (mirrored over the 2 logical CPUs from conftest)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import tensorflow as tf
 
-from trainer import distribute
+from trainer import distribute, runtime
 from trainer.errors import UsageError
 
 
@@ -58,10 +57,7 @@ def test_multi_worker_needs_tf_config(monkeypatch):
 
 def test_multi_worker_with_tf_config_in_a_fresh_process():
     """MultiWorkerMirroredStrategy must be made before TensorFlow starts, so in its own process."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}"]}, "task": {"type": "worker", "index": 0}}
+    tf_config = {"cluster": {"worker": [f"127.0.0.1:{runtime.free_ports(1)[0]}"]}, "task": {"type": "worker", "index": 0}}
     code = ("import trainer; from trainer import distribute; s = distribute.resolve_strategy('multi_worker'); "
             "print(distribute.strategy_name(s), s.num_replicas_in_sync, distribute.worker_count_and_index(s), "
             "distribute.is_chief(s))")

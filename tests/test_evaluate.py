@@ -1,4 +1,4 @@
-"""Metrics, the strategy-independent scorer, and trainer-evaluate on a prepared split and on a raw file."""
+"""The strategy-independent scorer, and trainer-evaluate on a prepared split and on a raw file."""
 import json
 
 import numpy as np
@@ -6,23 +6,6 @@ import pytest
 
 from conftest import run_cli, write_sentiment140
 from trainer import metrics
-
-
-def test_binary_metrics_by_hand():
-    labels = np.array([0, 0, 0, 1, 1, 1, 1])
-    predictions = np.array([0, 1, 0, 1, 1, 0, 1])
-    m = metrics.classification_metrics(metrics.confusion_of(labels, predictions, 2), ["negative", "positive"], 3.5)
-    assert m["confusion_matrix"] == [[2, 1], [1, 3]] and m["loss"] == pytest.approx(0.5)
-    assert m["accuracy"] == pytest.approx(5 / 7)
-    assert m["precision"] == pytest.approx(3 / 4) and m["recall"] == pytest.approx(3 / 4)
-    assert m["f1"] == pytest.approx(0.75) and m["per_class"]["negative"]["f1"] == pytest.approx(2 / 3)
-    assert "accuracy 0.7143" in metrics.format_table(m)
-
-
-def test_three_classes_use_macro_averages():
-    m = metrics.classification_metrics(metrics.confusion_of(np.array([0, 1, 2]), np.array([0, 1, 1]), 3),
-                                       ["negative", "neutral", "positive"])
-    assert m["recall"] == pytest.approx((1 + 1 + 0) / 3) and m["examples"] == 3
 
 
 def test_scorer_gives_the_same_metrics_on_one_device_and_mirrored(one_device_run, small_prepared):

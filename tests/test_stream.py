@@ -154,7 +154,7 @@ def test_token_sized_batches(split, model_and_tokenizer):
     for rows, length in shapes:      # N // L rows per replica, a multiple of 8, at least 8
         assert rows == max(8, 2048 // length // 8 * 8) and length in s.plan.boundaries
     assert [len(y) for _, y in out] == s.plan.examples.tolist() and s.plan.padding_efficiency > 0.85
-    done = np.concatenate([s.plan.rows[:s.plan.examples.sum()]])
+    done = s.plan.rows[:s.plan.examples.sum()]
     assert len(set(done.tolist())) == len(done) > 0.97 * len(split)         # each row at most once
     resumed = stream_lib.plan_batches(stream_lib.lengths_of(split), batch_tokens=2048, padding="bucket", max_length=64,
                                       shuffle=True, seed=2, drop_remainder=True, start_step=7)

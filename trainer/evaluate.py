@@ -12,7 +12,8 @@ from trainer.data import stream as stream_lib
 
 
 def evaluate(config: EvaluateConfig, inputs: checks.EvaluateInputs | None = None) -> dict:
-    """Metrics of config.model_dir on config.split of config.data_dir, or on the rows of config.input."""
+    """Metrics of config.model_dir on every row of config.split of config.data_dir (at the max_length it was
+    prepared with: config.max_length applies only to config.input), or on the rows of config.input."""
     inputs = inputs or checks.for_evaluate(config)
     classifier = model_lib.load_export(inputs.model.dir)
     with tempfile.TemporaryDirectory() as tmp:

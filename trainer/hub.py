@@ -16,7 +16,9 @@ SNAPSHOT_FILES = ["*.json", "*.txt", "*.model", "tf_model*.h5", "*.safetensors"]
 
 
 def resolve(model: str, flag: str = "--model") -> str:
-    """Return the local directory holding `model`'s files: a hub snapshot, or a bucket copy, is fetched once."""
+    """The local directory holding `model`'s files: a directory as it is; a hub id's snapshot (huggingface_hub's
+    cache) or a bucket URL's copy, downloaded when not already there. A name that can only be a path and
+    does not exist, or a file, is a UsageError naming `flag`."""
     if storage.is_url(model):
         if not storage.exists(storage.join(model, "config.json")):
             raise UsageError(f"{model} holds no config.json: pass a model directory saved with save_pretrained")

@@ -12,8 +12,10 @@ from trainer.model import loss_fn
 
 
 def classification_metrics(confusion: np.ndarray, label_names: list[str], loss_sum: float | None = None) -> dict:
-    """Accuracy, precision/recall/F1 (of `positive` for two classes, else macro) and more, from a confusion
-    matrix whose [i][j] counts rows of true class i predicted as j. With loss_sum: the mean loss too."""
+    """Accuracy, precision/recall/F1 (of the class named `positive` when there are two classes and one is so
+    named, else macro averages), macro F1, per-class figures, from a confusion matrix whose [i][j] counts rows
+    of true class i predicted as j. A class never predicted or never present scores 0, not NaN. With
+    loss_sum: the mean loss too."""
     confusion = np.asarray(confusion, dtype=np.int64)
     k = len(label_names)
     true_positives = np.diag(confusion).astype(float)
@@ -42,13 +44,15 @@ def classification_metrics(confusion: np.ndarray, label_names: list[str], loss_s
 
 
 def confusion_of(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -> np.ndarray:
+    """[i][j]: how many rows of true class i were predicted as j."""
     confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
     np.add.at(confusion, (labels, predictions), 1)
     return confusion
 
 
 class Scorer:
-    """Scores a classifier on (features, labels) batches: one traced step, reused for every evaluation."""
+    """Scores a classifier on (features, labels) batches: one tf.function step (traced once per batch shape),
+    reused by every evaluation."""
 
     def __init__(self, model, strategy: tf.distribute.Strategy, label_names: list[str], jit_compile: bool = False):
         self.model, self.strategy, self.label_names = model, strategy, list(label_names)

@@ -8,7 +8,6 @@ loaded with transformers' own PyTorch->TF name mapping. Build inside `strategy.s
 import math
 import os
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 import transformers
@@ -35,8 +34,9 @@ def resolve_precision(precision: str, strategy: tf.distribute.Strategy) -> str:
 def build_classifier(model_dir: str, label_names: list[str], *, classifier_dropout: float | None = None,
                      freeze_encoder: bool = False, freeze_layers: int = 0,
                      freeze_embeddings: bool = False) -> transformers.TFPreTrainedModel:
-    """A TFAutoModelForSequenceClassification with the pretrained encoder weights of the local `model_dir`
-    and a fresh head."""
+    """A TFAutoModelForSequenceClassification with the pretrained encoder weights of the local `model_dir` and
+    a fresh head, unless model_dir holds a classifier head of the same shape (a fine-tuned export): that is
+    loaded too."""
     overrides = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                      label2id={name: i for i, name in enumerate(label_names)})
     if classifier_dropout is not None:
@@ -116,8 +116,8 @@ class LazyAdamWeightDecay(transformers.AdamWeightDecay):
 
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> transformers.AdamWeightDecay:
-    """AdamW with transformers' schedule (linear warm-up, then linear decay to 0): lazy on embedding rows unless
-    --embedding_update=dense."""
+    """AdamW with transformers' schedule (linear warm-up, then linear decay to 0): LazyAdamWeightDecay with
+    --embedding_update=lazy, else transformers' AdamWeightDecay (frozen embeddings get no gradient)."""
     _, schedule = transformers.create_optimizer(config.learning_rate, num_train_steps=total_steps,
                                                 num_warmup_steps=int(config.warmup_ratio * total_steps),
                                                 weight_decay_rate=config.weight_decay)
@@ -154,11 +154,6 @@ def weights_are_finite(classifier) -> bool:
 def loss_fn(labels, logits):
     """Cross-entropy in float32, whatever precision the logits come in (fp16 logits overflow the loss)."""
     return tf_keras.losses.sparse_categorical_crossentropy(labels, tf.cast(logits, tf.float32), from_logits=True)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def total_steps(steps_per_epoch: int, config: TrainConfig) -> int:

@@ -4,6 +4,7 @@ import glob
 import importlib.util
 import json
 import os
+import socket
 import sys
 
 from trainer.errors import UsageError
@@ -46,13 +47,31 @@ def multi_worker_task() -> tuple[int, int]:
     if text is None:
         raise UsageError("--strategy=multi_worker needs TF_CONFIG naming the cluster and this task: set it on each "
                          "host, or start local workers with scripts/launch_local_workers.py")
+    example = '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
     try:
         config = json.loads(text)
         cluster, kind, index = config["cluster"], config["task"]["type"], int(config["task"]["index"])
-        count = sum(len(cluster.get(k, [])) for k in ("chief", "worker"))
+        jobs = {k: cluster.get(k, []) for k in ("chief", "worker")}
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise UsageError('TF_CONFIG must be JSON like {"cluster": {"worker": ["host:port", ...]}, '
-                         '"task": {"type": "worker", "index": 0}}') from None
+        raise UsageError(f"TF_CONFIG must be JSON like {example}") from None
+    for job, addresses in jobs.items():
+        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            raise UsageError(f"TF_CONFIG's cluster {job} must be a list of \"host:port\" strings, not "
+                             f"{json.dumps(addresses)}: write it as {example}")
+    count = len(jobs["chief"]) + len(jobs["worker"])
     if kind not in ("chief", "worker") or not 0 <= index < count:
         raise UsageError(f"TF_CONFIG's task {kind}/{index} is not in its cluster of {count} worker(s)")
     return count, index + (1 if kind == "worker" and "chief" in cluster else 0)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback TCP ports that were free when asked: the kernel picks each, and all are held
+    until the last is picked, so they differ. For local clusters and emulators."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

@@ -1,5 +1,6 @@
-"""Build a tiny BERT (2 layers, hidden 32, random weights) with a WordPiece vocabulary trained on a
-Sentiment140 CSV's texts, saved like a pretrained model: the offline demo's model.
+"""Build a tiny BERT (2 layers, hidden 32, random weights) with a WordPiece vocabulary built from a
+Sentiment140 CSV's texts (the same texts give the same vocabulary), saved like a pretrained model: the
+offline demo's model.
 
   python -m trainer.cli.tiny_bert --output_dir=runs/demo/tiny-bert --texts=../shared/data/sentiment140_sample.csv
 """
@@ -12,7 +13,7 @@ from trainer.config import Checked, SourceConfig, setting
 @dataclasses.dataclass(frozen=True)
 class TinyBertConfig(Checked):
     output_dir: str | None = setting(None, "Where to write the model.", required=True)
-    texts: str | None = setting(None, "A Sentiment140 CSV whose texts train the vocabulary.", required=True)
+    texts: str | None = setting(None, "A Sentiment140 CSV whose texts the vocabulary is built from.", required=True)
     vocab_size: int = setting(2000, "WordPiece vocabulary size.", lower=100)
 
 

@@ -218,7 +218,8 @@ def _split(order: np.ndarray, fractions: dict[str, float]) -> dict[str, np.ndarr
     sizes[-1] = len(order) - sum(sizes[:-1])
     bounds = np.cumsum([0] + sizes)
     # each split keeps its random share of rows, stored in file order: save_to_disk then reads the
-    # arrow file sequentially (30 s less at 1.6M rows); stream() shuffles every epoch anyway
+    # arrow file sequentially (30 s less at 1.6M rows); training shuffles its batch plan every epoch
+    # (stream/plan_batches with shuffle=True), evaluation reads a split in this stored order
     return {name: np.sort(order[a:b]) for name, a, b in zip(fractions, bounds[:-1], bounds[1:])}
 
 

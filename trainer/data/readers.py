@@ -7,8 +7,9 @@ Formats:
                 (0-based, no header); TSV is unquoted, as in the UCI sentiment files.
   jsonl         one JSON object per line; columns are keys.
 
-Rows that cannot be used are skipped and counted (wrong column count, empty text,
-malformed JSON, header row, neutral); problems that would make the whole file wrong
+Rows that cannot be used are skipped and counted (wrong column count, empty text, malformed
+JSON, a JSON line without the text or label key, Sentiment140's header row, neutral unless
+kept); problems that would make the whole file wrong
 (missing file, undecodable bytes, unknown label) raise UsageError with the fix.
 """
 import codecs

@@ -9,7 +9,8 @@ rows that depends on the bucket (token-sized batches: one static shape per bucke
 than max_length are truncated as they are streamed, so data prepared once at 128 tokens serves
 every max_length up to 128.
 
-A numpy BatchPlan decides which rows form each global batch (random, or grouped by length) from
+A numpy BatchPlan decides which rows form each global batch (in stored order, or shuffled for a
+(seed, epoch); in bucket mode grouped by length) from
 the stored `length` column alone, so it is cheap, deterministic for a (seed, epoch), splits
 cleanly across workers (each shard takes its slice of every global batch, so every worker runs
 the same steps) and states each batch's real and padded token counts up front. The batches then
@@ -122,7 +123,9 @@ def plan_batches(lengths: np.ndarray, *, padding: str, max_length: int, global_b
                  boundaries: tuple[int, ...] | None = None, shuffle: bool = False, seed: int = 0, epoch: int = 0,
                  drop_remainder: bool = False, num_shards: int = 1, start_step: int = 0) -> BatchPlan:
     """Order rows into global batches; see the module docstring. Batches hold global_batch_size rows, or with
-    batch_tokens (bucket padding) rows_per_replica(boundary) x replicas. `start_step` skips batches (resume)."""
+    batch_tokens (bucket padding) rows_per_replica(boundary) x replicas. The partial last batch is kept unless
+    drop_remainder or num_shards > 1 (every worker must run the same steps). `start_step` skips batches
+    (resume)."""
     if padding not in PADDINGS:
         raise UsageError(f"unknown padding {padding!r}: use one of {', '.join(PADDINGS)}")
     if (global_batch_size is None) == (batch_tokens is None) or (batch_tokens and padding != "bucket"):
@@ -176,8 +179,8 @@ def _pad_lengths(lengths, examples, num_shards, padding, max_length, pad_to_mult
 
 def _group_by_bucket(order, lengths, boundaries, sizes, rng, shuffle) -> tuple[list, np.ndarray]:
     """Full batches of one bucket each (sizes[b] rows for bucket b), then mixed batches of the buckets'
-    leftovers, longest first, each sized by its longest row's bucket; batches shuffled. Returns (batches,
-    the rows left over: fewer than a batch)."""
+    leftovers, longest first, each sized by its longest row's bucket; the batches shuffled if `shuffle`.
+    Returns (batches, the rows left over: fewer than a batch)."""
     bucket = np.searchsorted(boundaries, lengths[order])
     by_bucket = order[np.argsort(bucket, kind="stable")]          # random order kept within a bucket
     counts = np.bincount(bucket, minlength=len(boundaries))

@@ -1,0 +1,69 @@
+"""A picture of a run's curves: RUN/steps.csv and RUN/validation.csv -> RUN/curves.png.
+
+Four panels over the global step: training loss and accuracy (the mean of each logged window) with the
+validation points on top, the learning rate, and the throughput (examples/s, and real tokens/s, which
+stays level when token-sized batches vary in rows). matplotlib is only in the test and bench extras:
+without it nothing is drawn. It is imported here, lazily, and drawn with its Agg canvas (no pyplot,
+no display, no global backend).
+"""
+import csv
+import math
+import os
+
+PNG = "curves.png"
+
+
+def read_columns(path: str) -> dict[str, list[float]]:
+    """Each column of a CSV as floats (NaN where a cell is empty); {} if the file is missing or has no rows."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {name: [float(row[name]) if row.get(name) else math.nan for row in rows] for name in rows[0]}
+
+
+def draw(run_dir: str) -> str | None:
+    """Write RUN/curves.png from the run's CSVs (RUN a local directory: a bucket run's local mirror) and return
+    its path; None, drawing nothing, without matplotlib or without a logged step."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    train = read_columns(os.path.join(run_dir, "steps.csv"))
+    if not train.get("step"):
+        return None
+    validation = read_columns(os.path.join(run_dir, "validation.csv"))
+    figure = Figure(figsize=(10, 6.5), layout="constrained")
+    (loss, accuracy), (learning_rate, throughput) = figure.subplots(2, 2, sharex=True)
+    for axes, name in ((loss, "loss"), (accuracy, "accuracy")):
+        axes.plot(train["step"], train[name], color="tab:blue", label=f"train {name} (window mean)")
+        if validation:
+            axes.plot(validation["step"], validation[name], "o-", color="tab:orange", label=f"validation {name}")
+        axes.set_title(name)
+    if validation.get("f1"):
+        accuracy.plot(validation["step"], validation["f1"], "s--", color="tab:green", label="validation f1")
+    learning_rate.plot(train["step"], train["learning_rate"], color="tab:purple")
+    learning_rate.set_title("learning rate")
+    learning_rate.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    throughput.plot(train["step"], train["examples_per_sec"], color="tab:blue", label="examples/s")
+    tokens = throughput.twinx()
+    tokens.plot(train["step"], train["real_tokens_per_sec"], color="tab:red", label="real tokens/s")
+    efficiency = [e for e in train.get("padding_efficiency", []) if not math.isnan(e)]
+    throughput.set_title("throughput" + (f" (padding efficiency {sum(efficiency) / len(efficiency):.2f}, mean "
+                                         "of the windows)" if efficiency else ""))
+    throughput.set_ylabel("examples/s", color="tab:blue")
+    tokens.set_ylabel("real tokens/s", color="tab:red")
+    throughput.set_ylim(bottom=0)
+    tokens.set_ylim(bottom=0)
+    for axes in (loss, accuracy):
+        axes.legend(loc="best", fontsize="small")
+    for axes in (learning_rate, throughput):
+        axes.set_xlabel("step")
+    figure.suptitle(os.path.normpath(run_dir))
+    path = os.path.join(run_dir, PNG)
+    staged = path + ".tmp"
+    figure.savefig(staged, format="png", dpi=100)
+    os.replace(staged, path)
+    return path
