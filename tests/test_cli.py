@@ -28,7 +28,7 @@ def test_one_flag_per_field_with_its_default_and_help(config_class):
     cli.define_flags(config_class, fv)
     for field in dataclasses.fields(config_class):
         flag = fv[field.name]
-        assert flag.help.endswith(field.metadata["help"]) and field.metadata["help"]   # enums prefix <choices>
+        assert flag.help.endswith(cli._help_text(field)) and field.metadata["help"]   # enums prefix <choices>
         default = field.default if not isinstance(field.default, tuple) else ",".join(map(str, field.default))
         assert flag.default == default
 
@@ -68,9 +68,49 @@ def test_a_flag_file_line_without_dashes_is_refused(tmp_path):
         parse(PrepareConfig, [f"--flagfile={preset}"])
 
 
-def test_required_flags():
-    with pytest.raises(flags.Error, match="data_dir"):
+def test_required_flags_are_named_in_one_line_and_marked_in_the_help():
+    with pytest.raises(UsageError, match=r"^--data_dir is required \(see --help\)$"):
         parse(TrainConfig, ["--model=m", "--output_dir=o"])
+    with pytest.raises(UsageError, match=r"^--data_dir, --model, --output_dir are required"):
+        parse(TrainConfig, [])
+    fv = flags.FlagValues()
+    cli.define_flags(TrainConfig, fv)
+    assert fv["data_dir"].help.endswith("(required)") and not fv["seed"].help.endswith("(required)")
+
+
+def test_the_first_interrupt_unwinds_and_later_ones_are_ignored():
+    import signal
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cli._interrupt(signal.SIGINT, None)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+
+
+INTERNAL = """
+import sys
+from trainer import checks
+from trainer.cli import train
+def broken(config):
+    raise TypeError("boom\\nsecond line")
+checks.for_train = broken
+sys.argv = ["trainer-train", "--data_dir=d", "--model=m", "--output_dir=o"]
+train.main()
+"""
+
+
+def test_an_internal_error_is_one_line_exit_1_and_the_traceback_on_request():
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", INTERNAL], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: internal error: TypeError: boom (set TRAINER_TRACEBACK=1")
+    shown = subprocess.run([sys.executable, "-c", INTERNAL], capture_output=True, text=True, cwd=ROOT,
+                           env={**__import__("os").environ, "TRAINER_TRACEBACK": "1"})
+    assert shown.returncode == 1 and shown.stderr.count("\n") == 1 and "Traceback" in shown.stdout
 
 
 def test_prepare_and_evaluate_flags():

@@ -21,7 +21,7 @@ def test_resolve_a_local_directory_is_itself(tiny_model_dir):
 
 @pytest.mark.parametrize("name", ["/no/such/model", "./no-such-model", "a/b/c"])
 def test_resolve_a_missing_directory(name):
-    one_line(lambda: hub.resolve(name), f"model directory {name} does not exist: pass a local model directory or a hub id")
+    one_line(lambda: hub.resolve(name), f"model directory {name} does not exist: pass --model=<local directory or hub id>")
 
 
 def test_resolve_a_file(tmp_path):

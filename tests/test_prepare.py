@@ -145,3 +145,35 @@ def test_outputs_follow_the_umask(tmp_path, tiny_model_dir):
         os.umask(previous)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "out" / "manifest.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_the_lock_holder_removes_a_killed_prepares_staging(tmp_path, tiny_model_dir):
+    path = write_sentiment140(tmp_path / "s.csv", [(0, "bad day"), (4, "good day")] * 10)
+    for stale in (".out-staged-abc123", ".out-work-def456"):      # what kill -9 leaves beside the output
+        (tmp_path / stale).mkdir()
+        (tmp_path / stale / "rows.arrow").write_bytes(b"partial")
+    (tmp_path / ".other-staged-x").mkdir()                        # another output's: not this lock's to remove
+    prepare.prepare(config(path, tmp_path / "out", tiny_model_dir))
+    assert sorted(os.listdir(tmp_path)) == [".other-staged-x", "out", "s.csv"]
+
+
+def test_a_second_prepare_of_the_same_output_is_refused_while_the_first_runs(tmp_path, tiny_model_dir):
+    from trainer import rundir
+    path = write_sentiment140(tmp_path / "s.csv", [(0, "bad day"), (4, "good day")] * 10)
+    with rundir.OutputLock(str(tmp_path / "out")):
+        with pytest.raises(UsageError, match=f"{tmp_path / 'out'} is in use by process {os.getpid()}"):
+            prepare.prepare(config(path, tmp_path / "out", tiny_model_dir))
+    assert sorted(os.listdir(tmp_path)) == ["s.csv"]
+
+
+def test_a_legal_250_byte_output_name(tmp_path, tiny_model_dir):
+    path = write_sentiment140(tmp_path / "s.csv", [(0, "bad day"), (4, "good day")] * 10)
+    out = tmp_path / ("n" * 250)
+    prepare.prepare(config(path, out, tiny_model_dir))
+    assert (out / "manifest.json").exists() and sorted(os.listdir(tmp_path)) == ["n" * 250, "s.csv"]
+
+
+def test_a_file_url_is_the_local_path(tmp_path, tiny_model_dir):
+    path = write_sentiment140(tmp_path / "s.csv", [(0, "bad day"), (4, "good day")] * 10)
+    prepare.prepare(config(path, f"file://{tmp_path}/out", tiny_model_dir))
+    assert prepare.open_prepared(f"{tmp_path}/out").manifest["splits"]["train"] == 16

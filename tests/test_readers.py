@@ -64,6 +64,15 @@ def test_jsonl_with_malformed_and_missing_keys_counted(tmp_path):
     assert stats.dropped == {"malformed_json": 1, "missing_column": 1}
 
 
+def test_jsonl_text_that_is_not_text_is_dropped_not_stored_as_its_repr(tmp_path):
+    path = tmp_path / "d.jsonl"
+    lines = [{"text": ["a", "list"], "label": 1}, {"text": {"an": "object"}, "label": 0}, {"text": 5, "label": 1},
+             {"text": "real", "label": {"x": 1}}, {"text": "kept", "label": 0}]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    rows, stats = read(path, format="jsonl", text_column="text", label_column="label")
+    assert rows == [("kept", "negative")] and stats.dropped == {"not_text": 4}
+
+
 def _empty_file(directory):
     (directory / "empty.csv").write_text("")
     return directory / "empty.csv"

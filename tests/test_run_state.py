@@ -184,7 +184,7 @@ def test_a_save_refuses_non_finite_optimizer_state(runs, tmp_path):
 
     def poison(original):
         def on_train_batch_end(self, batch, logs=None):
-            if self.global_step(batch) == 6:
+            if self.global_step(batch) == 8:
                 moment = next(v for v in self.model.optimizer.variables() if v.shape.rank == 2)
                 moment.assign(tf.fill(moment.shape, float("inf")))
             original(self, batch, logs)

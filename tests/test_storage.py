@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from conftest import ROOT, run_cli, write_sentiment140
-from trainer import rundir, storage
+from trainer import rundir, runtime, storage
 from trainer.errors import UsageError
 
 
@@ -72,9 +72,7 @@ def test_one_lock_per_run_directory(tmp_path):
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     """gcp-storage-emulator on a free loopback port, with a bucket `bkt`; yields the env that points gcsfs at it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = runtime.free_ports(1)[0]
     emulator = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
     process = subprocess.Popen([emulator, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory", "-q"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

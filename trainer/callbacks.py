@@ -260,7 +260,7 @@ class Best:
 
     def __init__(self, classifier, run_best_dir: str, metric: str, resumed_step: int, save_dir: str | None = None):
         self.metric, self.run_best_dir, self.resumed_step = metric, run_best_dir, resumed_step
-        self.checkpoint = tf.train.Checkpoint(model=classifier)
+        self.checkpoint = tf.train.Checkpoint(layers=list(classifier.layers))   # weights only, not the optimizer
         self.save_dir, self.is_chief = save_dir or run_best_dir, save_dir is None
         self.step = self.value = None
         kept, problem = self._kept()
