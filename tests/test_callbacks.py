@@ -96,7 +96,7 @@ def test_a_checkpoint_of_non_finite_weights_is_never_written(tmp_path):
     model, manager, saver = trained_saver(tmp_path / "ckpt", every_steps=2, is_chief=True, max_to_keep=5)
     saver.save(2)
     model.weights[0].assign(tf.fill(model.weights[0].shape, np.nan))       # the loss before this was finite
-    with pytest.raises(Diverged, match=r"the weights are not all finite after step 4: lower --learning_rate.*"
+    with pytest.raises(Diverged, match=r"the weights or the optimizer state are not all finite after step 4: lower --learning_rate.*"
                                        r"the last checkpoint, ckpt-2, holds finite weights"):
         saver.save(4)
     assert [p.rsplit("/", 1)[1] for p in manager.checkpoints] == ["ckpt-2"]

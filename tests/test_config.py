@@ -56,7 +56,7 @@ def test_train_values_are_checked(overrides, message):
     ({"split_name": "/abs/path"}, "split name is a plain name"),
     ({"split_name": ".."}, "split name is a plain name"),
     ({"seed": 2**32}, "seed"),
-    ({"encoding": "klingon"}, "unknown encoding"),
+    ({"encoding": "klingon"}, "not a text encoding"),
     ({"output_dir": ""}, "--output_dir is empty"),
     ({"output_dir": None}, "--output_dir is required"),
     ({"format": "csv"}, "needs --text_column and --label_column"),

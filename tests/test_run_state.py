@@ -156,20 +156,24 @@ def test_no_intact_checkpoint_is_refused_and_nothing_restarts_from_0(runs, tmp_p
     assert_finished(stats, 0)
 
 
-def test_non_finite_optimizer_state_makes_a_checkpoint_unsound(runs, tmp_path, capsys):
-    """A checkpoint with finite weights but an infinite AdamW moment (written as a trainer that checked only the
-    weights would have): the rerun passes it over and resumes from the older one."""
-    from trainer import model as model_lib
-
-    def poison(original):
+def infinite_moment_at(step):
+    """After `step`, one of AdamW's moments becomes infinite while every weight stays finite."""
+    def replacement(original):
         def on_train_batch_end(self, batch, logs=None):
-            if self.global_step(batch) == STOP_AT:
+            if self.global_step(batch) == step:
                 moment = next(v for v in self.model.optimizer.variables() if v.shape.rank == 2)
                 moment.assign(tf.fill(moment.shape, float("inf")))
             original(self, batch, logs)
         return on_train_batch_end
+    return patched(callbacks.Checkpoint, "on_train_batch_end", replacement)
+
+
+def test_non_finite_optimizer_state_makes_a_checkpoint_unsound(runs, tmp_path, capsys):
+    """A checkpoint with finite weights but an infinite AdamW moment (written as a trainer that checked only the
+    weights would have): the rerun passes it over and resumes from the older one."""
+    from trainer import model as model_lib
     run_dir = tmp_path / "run"
-    with patched(callbacks.Checkpoint, "on_train_batch_end", poison), stop_at(STOP_AT), \
+    with infinite_moment_at(STOP_AT), stop_at(STOP_AT), \
             patched(model_lib, "weights_are_finite", lambda original: lambda model: True):
         train.run(config(runs.data, runs.model, run_dir))
     assert "not finite" in rundir.checkpoint_problem(str(run_dir / "checkpoints" / "ckpt-12"))
@@ -181,15 +185,7 @@ def test_non_finite_optimizer_state_makes_a_checkpoint_unsound(runs, tmp_path, c
 
 def test_a_save_refuses_non_finite_optimizer_state(runs, tmp_path):
     from trainer.errors import Diverged
-
-    def poison(original):
-        def on_train_batch_end(self, batch, logs=None):
-            if self.global_step(batch) == 8:
-                moment = next(v for v in self.model.optimizer.variables() if v.shape.rank == 2)
-                moment.assign(tf.fill(moment.shape, float("inf")))
-            original(self, batch, logs)
-        return on_train_batch_end
-    with patched(callbacks.Checkpoint, "on_train_batch_end", poison), pytest.raises(Diverged) as diverged:
+    with infinite_moment_at(8), pytest.raises(Diverged) as diverged:
         train.run(config(runs.data, runs.model, tmp_path / "run"))
     assert "optimizer state are not all finite after step 8" in str(diverged.value)
     assert "ckpt-4, holds finite weights and optimizer state" in str(diverged.value)

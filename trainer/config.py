@@ -85,8 +85,8 @@ def _check_field(field: dataclasses.Field, value) -> None:
     if any(isinstance(v, float) and not (math.isfinite(v) and abs(v) <= FLOAT32_MAX) for v in numbers):
         raise UsageError(f"--{name}={shown(value)}: must be a finite number")
     lower, upper = meta.get("lower"), meta.get("upper")
-    if upper is None and any(isinstance(v, int) and not isinstance(v, bool) for v in numbers):
-        upper = INT32_MAX
+    if upper is None and any(isinstance(v, int) and not isinstance(v, bool) and v > INT32_MAX for v in numbers):
+        raise UsageError(f"--{name}={shown(value)}: must be <= {INT32_MAX}")
     if (lower is not None and any(v < lower for v in numbers)) or (upper is not None and any(v > upper for v in numbers)):
         bounds = f">= {lower}" if upper is None else f"<= {upper}" if lower is None else f"in [{lower}, {upper}]"
         raise UsageError(f"--{name}={shown(value)}: must be {bounds}")
