@@ -98,6 +98,7 @@ class StepLogger(EpochAware):
         self.logged = {"step": first_step, "rows": 0, "loss": 0.0, "accuracy": 0.0}
         self.timed = {"step": first_step, "seconds": 0.0}
         self.previous_step = first_step
+        self.wall = (first_step, time.perf_counter())   # the ETA counts everything: validation, checkpoints too
 
     def on_train_batch_begin(self, batch, logs=None):
         self.batch_start = time.perf_counter()
@@ -137,7 +138,10 @@ class StepLogger(EpochAware):
             row.update(examples_per_sec=counts["examples"] / seconds, real_tokens_per_sec=counts["real_tokens"] / seconds,
                        padded_tokens_per_sec=counts["padded_tokens"] / seconds,
                        padding_efficiency=counts["real_tokens"] / max(1, counts["padded_tokens"]))
-            eta = datetime.timedelta(seconds=round((self.total_steps - step) * seconds / (step - self.timed["step"])))
+            wall_step, wall_start = self.wall
+            eta = datetime.timedelta(seconds=round((self.total_steps - step) * (time.perf_counter() - wall_start)
+                                                   / max(1, step - wall_step)))
+        self.wall = (step, time.perf_counter())
         self.timed = {"step": step, "seconds": 0.0}
         if not self.enabled:
             return

@@ -265,7 +265,8 @@ class EvaluateConfig(SourceConfig):
                                     required=True, location=True)
     data_dir: str | None = setting(None, "A prepared dataset (trainer-prepare) to evaluate on ...", location=True)
     split: str = setting("test", "... and its split. With --input: the name the raw file's rows get.")
-    max_length: int = setting(128, "Truncate to this many tokens (at most the model's positions).", lower=8)
+    max_length: int = setting(128, "With --input: truncate its texts to this many tokens (at most the model's "
+                                 "positions). A --data_dir keeps the max_length it was prepared with.", lower=8)
     batch_size: int = setting(64, "Rows per prediction batch.", lower=1)
     output: str | None = setting(None, "Also write the metrics as JSON to this file (local or gs://).", location=True)
 

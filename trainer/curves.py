@@ -21,7 +21,14 @@ def read_columns(path: str) -> dict[str, list[float]]:
         rows = list(csv.DictReader(f))
     if not rows:
         return {}
-    return {name: [float(row[name]) if row.get(name) else math.nan for row in rows] for name in rows[0]}
+    return {name: [_number(row.get(name)) for row in rows] for name in rows[0] if name is not None}
+
+
+def _number(text) -> float:
+    try:
+        return float(text) if text else math.nan
+    except (TypeError, ValueError):       # a row cut short by a kill
+        return math.nan
 
 
 def draw(run_dir: str) -> str | None:

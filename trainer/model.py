@@ -118,9 +118,10 @@ class LazyAdamWeightDecay(transformers.AdamWeightDecay):
 def make_optimizer(config: TrainConfig, total_steps: int) -> transformers.AdamWeightDecay:
     """AdamW with transformers' schedule (linear warm-up, then linear decay to 0): LazyAdamWeightDecay with
     --embedding_update=lazy, else transformers' AdamWeightDecay (frozen embeddings get no gradient)."""
-    _, schedule = transformers.create_optimizer(config.learning_rate, num_train_steps=total_steps,
-                                                num_warmup_steps=int(config.warmup_ratio * total_steps),
-                                                weight_decay_rate=config.weight_decay)
+    warmup_steps = int(config.warmup_ratio * total_steps)
+    schedule = tf_keras.optimizers.schedules.PolynomialDecay(config.learning_rate, total_steps - warmup_steps, 0.0)
+    if warmup_steps:      # transformers.create_optimizer's schedule, without the optimizer it would build
+        schedule = transformers.WarmUp(config.learning_rate, schedule, warmup_steps)
     kind = LazyAdamWeightDecay if config.embedding_update == "lazy" else transformers.AdamWeightDecay
     return kind(learning_rate=schedule, weight_decay_rate=config.weight_decay, epsilon=1e-8,
                 exclude_from_weight_decay=NO_WEIGHT_DECAY)

@@ -27,7 +27,7 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
-from trainer import callbacks, checks, distribute, metrics, rundir, storage
+from trainer import callbacks, checks, curves, distribute, metrics, rundir, storage
 from trainer import model as model_lib
 from trainer.config import KERAS_POLICY, TrainConfig
 from trainer.data import stream as stream_lib
@@ -361,6 +361,8 @@ def finish(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup, data: 
         export(trainable, inputs, storage.join(config.output_dir, rundir.EXPORT), stats)
     if "test" in data.splits:
         stats.update(hooks.scorer.score(setup.distribute(eval_batches(data, "test", trainable, setup))))
+    if setup.is_chief:
+        curves.draw(run_dir.path)
     run_dir.sync()
     if setup.is_chief:
         stats.update(seconds=round(time.time() - start, 1), config=dataclasses.asdict(config))
