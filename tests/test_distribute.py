@@ -31,7 +31,7 @@ def test_auto_without_accelerators_is_one_device(monkeypatch):
 
 
 def test_auto_with_a_tpu_attached_goes_to_tpu(monkeypatch):
-    monkeypatch.setattr(distribute, "tpu_attached", lambda: True)
+    monkeypatch.setattr(runtime, "tpu_attached", lambda: True)
     with pytest.raises(UsageError, match="no TPU found at --tpu=local"):   # tried the TPU branch
         distribute.resolve_strategy("auto")
 

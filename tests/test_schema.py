@@ -121,7 +121,7 @@ def test_an_exports_trainer_json(case, tmp_path, one_device_run):
 def test_the_run_identity(case, tmp_path):
     mutated, key = cases(schema.RUN_IDENTITY, IDENTITY)[case]
     (tmp_path / rundir.IDENTITY).write_text(json.dumps(mutated))
-    run = rundir.RunDir(str(tmp_path), writer=False)
+    run = rundir.RunDir(str(tmp_path), is_chief=False)
     with pytest.raises(UsageError) as refused:
         rundir.check_identity(run, IDENTITY["settings"], {})
     message = str(refused.value)

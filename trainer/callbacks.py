@@ -85,10 +85,10 @@ class StepLogger(EpochAware):
     or checkpoints), and the run's first step (tracing and compilation) is timed apart (first_step_seconds).
     """
 
-    def __init__(self, log_dir: str, csv_path: str, log_every_steps: int, total_steps: int, enabled: bool = True):
+    def __init__(self, log_dir: str, csv_path: str, log_every_steps: int, total_steps: int, is_chief: bool = True):
         super().__init__()
-        self.csv_path, self.log_every_steps, self.total_steps, self.enabled = csv_path, log_every_steps, total_steps, enabled
-        self.writer = tf.summary.create_file_writer(log_dir) if enabled else None
+        self.csv_path, self.log_every_steps, self.total_steps, self.is_chief = csv_path, log_every_steps, total_steps, is_chief
+        self.writer = tf.summary.create_file_writer(log_dir) if is_chief else None
         self.first_step_seconds = None
         self.totals = {"examples": 0, "real_tokens": 0, "padded_tokens": 0, "seconds": 0.0}
 
@@ -143,7 +143,7 @@ class StepLogger(EpochAware):
                                                    / max(1, step - wall_step)))
         self.wall = (step, time.perf_counter())
         self.timed = {"step": step, "seconds": 0.0}
-        if not self.enabled:
+        if not self.is_chief:
             return
         logging.info("step %d/%d  loss %.4f  accuracy %.4f%s", step, self.total_steps, row["loss"], row["accuracy"],
                      f"  {row['examples_per_sec']:.1f} examples/s  ETA {eta}" if seconds > 0 else "")
@@ -315,11 +315,11 @@ class Validation(EpochAware):
     multi-worker and its sums are all-reduced, so every worker takes the same decisions); the chief writes."""
 
     def __init__(self, scorer, batches, every_steps: int, best: Best, patience: int | None, log_dir: str,
-                 csv_path: str, enabled: bool, after_validation=lambda: None):
+                 csv_path: str, is_chief: bool, after_validation=lambda: None):
         super().__init__()
         self.scorer, self.batches, self.every_steps, self.best, self.patience = scorer, batches, every_steps, best, patience
-        self.csv_path, self.enabled, self.after_validation = csv_path, enabled, after_validation
-        self.writer = tf.summary.create_file_writer(log_dir) if enabled else None
+        self.csv_path, self.is_chief, self.after_validation = csv_path, is_chief, after_validation
+        self.writer = tf.summary.create_file_writer(log_dir) if is_chief else None
         resumed = best.resumed_step
         logged = [int(row["step"]) for row in csv_steps(csv_path)]
         self.validated_step = resumed if resumed in logged else None     # a rerun of a finished training
@@ -345,7 +345,7 @@ class Validation(EpochAware):
         self.without_improvement = 0 if improved else self.without_improvement + 1
         if self.patience and self.without_improvement >= self.patience:
             self.model.stop_training, self.stopped_early_at = True, step
-        if self.enabled:
+        if self.is_chief:
             logging.info("validation at step %d: loss %.4f  accuracy %.4f  f1 %.4f%s", step, metrics["loss"],
                          metrics["accuracy"], metrics["f1"], "  (best so far)" if improved else
                          f"  (best: step {self.best.step}{', stopping early' if self.stopped_early_at else ''})")

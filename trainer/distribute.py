@@ -8,7 +8,6 @@
   multi_worker  MultiWorkerMirroredStrategy over the cluster in TF_CONFIG
   tpu           TPUStrategy on --tpu (a name, or "local" on a TPU VM)
 """
-import glob
 import os
 
 import tensorflow as tf
@@ -17,11 +16,6 @@ from absl import logging
 from trainer import runtime
 from trainer.config import STRATEGIES
 from trainer.errors import UsageError
-
-
-def tpu_attached() -> bool:
-    """A TPU VM exposes /dev/accel* (v4+) or /dev/vfio (v2/v3); TPU_NAME names a remote one."""
-    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or os.environ.get("TPU_NAME"))
 
 
 def resolve_strategy(name: str, tpu: str | None = None, num_gpus: int | None = None) -> tf.distribute.Strategy:
@@ -33,7 +27,7 @@ def resolve_strategy(name: str, tpu: str | None = None, num_gpus: int | None = N
         raise UsageError(f"--num_gpus={num_gpus} but {len(gpus)} GPU(s) are visible: lower --num_gpus "
                          "(or check CUDA_VISIBLE_DEVICES and the tensorflow[and-cuda] install)")
     if name == "auto":
-        if tpu or tpu_attached():        # --tpu names one: never ignored
+        if tpu or runtime.tpu_attached():        # --tpu names one: never ignored
             name, tpu = "tpu", tpu or os.environ.get("TPU_NAME", "local")
         else:
             name = "mirrored" if len(gpus[:num_gpus]) > 1 else "one_device"

@@ -49,19 +49,19 @@ class RunDir:
 
     `path` is where the run's files are written: the directory itself, or for a URL a local mirror
     whose state (checkpoints, best weights, CSVs) is downloaded on open and uploaded by `sync()`.
-    Only the writer (the chief) takes the lock and writes; other workers only read.
+    Only the chief (is_chief) takes the lock and writes; other workers only read.
     """
     MIRRORED = ("checkpoints", "best")          # kept identical remotely, deletions included
 
-    def __init__(self, url: str, writer: bool = True):
-        self.url, self.writer, self.remote = url, writer, storage.is_url(url)
+    def __init__(self, url: str, is_chief: bool = True):
+        self.url, self.is_chief, self.remote = url, is_chief, storage.is_url(url)
         self.path = os.path.join(storage.CACHE, "runs", hashlib.sha256(url.encode()).hexdigest()[:24]) if self.remote else url
         self._lock = None
         self._created = False
         self._uploaded: dict[str, tuple[int, int]] = {}
 
     def __enter__(self) -> "RunDir":
-        if self.writer:
+        if self.is_chief:
             self._created = not storage.exists(self.url)
             self._lock = (BucketLock if self.remote else FileLock)(self.url)
         if self.remote:
@@ -69,7 +69,7 @@ class RunDir:
             os.makedirs(self.path)
             if storage.exists(self.url):
                 self._download_state()
-        elif self.writer:
+        elif self.is_chief:
             for path in storage.remove_staging(self.path):
                 logging.info("removed %s, left by a process that was stopped while writing it", path)
         return self
@@ -80,7 +80,7 @@ class RunDir:
 
     def __exit__(self, kind, error, traceback):
         try:
-            if self.writer and kind is None:
+            if self.is_chief and kind is None:
                 self.sync()
         finally:
             if self._lock:
@@ -107,7 +107,7 @@ class RunDir:
     def sync(self) -> None:
         """Upload what changed in the local mirror (checkpoint index files last); delete what the mirror
         dropped from checkpoints/ and best/. Nothing to do for a local run directory."""
-        if not (self.remote and self.writer):
+        if not (self.remote and self.is_chief):
             return
         fs, path = storage.filesystem(self.url)
         current = {name: _stamp(os.path.join(self.path, name)) for name in storage.relative_files(self.path)}
@@ -296,7 +296,7 @@ def check_identity(run_dir: RunDir, settings: dict, flags: dict) -> None:
         raise UsageError(f"{run_dir.url} holds checkpoints but no {IDENTITY} saying which settings made them: restore "
                          "the file, or pass --overwrite_output_dir to start afresh, or another --output_dir")
     if recorded is None:
-        if run_dir.writer:
+        if run_dir.is_chief:
             storage.write_json(path, {"format": 1, "settings": settings})
         return
     differing = [name for name in sorted(set(settings) | set(recorded)) if settings.get(name) != recorded.get(name)]

@@ -10,10 +10,14 @@ import sys
 from trainer.errors import UsageError
 
 
+def tpu_attached() -> bool:
+    """A TPU VM exposes /dev/accel* (v4+) or /dev/vfio (v2/v3); TPU_NAME names a remote one."""
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or os.environ.get("TPU_NAME"))
+
+
 def accelerators_present() -> bool:
-    """An NVIDIA device node, a TPU VM's /dev/accel* or /dev/vfio, or a named remote TPU."""
-    return bool(glob.glob("/dev/nvidia[0-9]*") or glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
-                or os.environ.get("TPU_NAME"))
+    """An NVIDIA device node, or a TPU."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or tpu_attached()
 
 
 def import_tensorflow():

@@ -38,7 +38,7 @@ def run(config: TrainConfig, inputs: checks.TrainInputs | None = None) -> dict:
     """Train, validate, export, score the test split; return the stats also written to metrics.json."""
     start = time.time()
     inputs = inputs or checks.for_train(config)
-    with rundir.RunDir(config.output_dir, writer=inputs.is_chief) as run_dir:
+    with rundir.RunDir(config.output_dir, is_chief=inputs.is_chief) as run_dir:
         if inputs.replace:
             run_dir.reset()      # --overwrite_output_dir, and every input checked: only now the old run goes
         setup = make_setup(config)
@@ -202,7 +202,7 @@ def restore(config: TrainConfig, trainable: Trainable, run_dir, data: Data) -> i
                          ": restore the files, or pass --overwrite_output_dir to start afresh")
     if damaged:
         print(f"passed over damaged checkpoints, resuming from ckpt-{step}: {listed}", flush=True)
-    if step and run_dir.writer:         # the damaged ones go; the pointer file (maybe damaged too) is written anew
+    if step and run_dir.is_chief:         # the damaged ones go; the pointer file (maybe damaged too) is written anew
         for number in damaged:
             rundir.remove_checkpoint(directory, number)
         rundir.point_to(directory, sorted(n for n in numbers if n <= step and n not in damaged))
@@ -241,7 +241,7 @@ def make_callbacks(config: TrainConfig, setup: Setup, data: Data, trainable: Tra
                    resumed_from_step: int) -> Hooks:
     logs, chief = run_dir.file(rundir.LOGS), setup.is_chief
     step_logger = callbacks.StepLogger(os.path.join(logs, "train"), run_dir.file(rundir.STEPS_CSV),
-                                       config.log_every_steps, data.total_steps, enabled=chief)
+                                       config.log_every_steps, data.total_steps, is_chief=chief)
     saver = callbacks.Checkpoint(trainable.manager, config.checkpoint_every_steps, chief, on_saved=run_dir.sync)
     scorer = metrics.Scorer(trainable.classifier, setup.strategy, data.label_names, jit_compile=config.xla)
     keras = [step_logger]             # the logger first: its step time excludes the others' work
