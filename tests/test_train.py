@@ -49,6 +49,9 @@ def test_one_device_trains_and_writes_every_output(one_device_run):
     assert metrics["strategy"] == "one_device" and metrics["mixed_precision"] == "none"
     assert metrics["distinct_shapes"] <= 8 and metrics["padding_efficiency"] > 0.8
     assert stats["accuracy"] == metrics["accuracy"] and metrics["exported"] == "best"
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    identity = json.load(open(out / "run.json"))["settings"]
+    assert identity["per_replica_batch_size"] == 32 and identity["replicas"] == 1 and identity["seed"] == 1
 
 
 def test_tensorboard_step_scalars_validation_profile_and_csv(one_device_run):
