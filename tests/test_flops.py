@@ -60,11 +60,11 @@ def test_unknown_devices_and_precisions_are_not_in_the_table(name, precision):
 
 @pytest.fixture
 def calibrations(tmp_path, monkeypatch):
-    """The cache in tmp_path; every measurement counted and answered 1e11 FLOP/s."""
+    """The cache in tmp_path; every measurement counted (matmul: 1e11 FLOP/s; bf16 steps 1.5x float32's)."""
     calls = []
     monkeypatch.setattr(storage, "CACHE", str(tmp_path))
     monkeypatch.setitem(flops.MEASURES, "matmul", lambda precision: calls.append(("matmul", precision)) or 1e11)
-    monkeypatch.setitem(flops.MEASURES, "step", lambda precision: calls.append(("step", precision)) or 1e11)
+    monkeypatch.setitem(flops.MEASURES, "step speedup", lambda precision: calls.append(("step", precision)) or 1.5)
     return calls
 
 
@@ -81,8 +81,10 @@ def test_calibration_is_cached_per_precision(calibrations, tmp_path):
 
 def test_a_corrupt_cache_is_measured_again(calibrations, tmp_path):
     (tmp_path / flops.CACHE_FILE).write_text("{not json")
-    assert flops.calibrated("step", "none")[2] is False and calibrations == [("step", "none")]
-    assert flops.calibrated("step", "none")[2] is True and calibrations == [("step", "none")]
+    speedup, _, cached = flops.calibrated("step speedup", "bf16")
+    assert (speedup, cached) == (1.5, False) and calibrations == [("step", "bf16")]
+    speedup, _, cached = flops.calibrated("step speedup", "bf16")
+    assert (speedup, cached) == (1.5, True) and calibrations == [("step", "bf16")]
 
 
 def test_the_override_wins(calibrations):

@@ -128,9 +128,19 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
 def calibrated(kind: str, precision: str) -> tuple[float, str, bool]:
-    """(FLOP/s, when measured, whether it came from the cache) of `kind` ('matmul' or 'step') in `precision` on
-    this machine: measured once per CPU model, core count, TensorFlow version and precision."""
+    """(value, when measured, whether it came from the cache) of MEASURES[kind] in `precision` on this machine
+    ('matmul': FLOP/s; 'step speedup': a train step's speed over float32's): measured once per CPU model, core
+    count, TensorFlow version and precision."""
     import tensorflow as tf
     from trainer import storage
     path = os.path.join(storage.CACHE, CACHE_FILE)
@@ -140,11 +150,11 @@ def calibrated(kind: str, precision: str) -> tuple[float, str, bool]:
             cache = json.load(f)
     except (OSError, ValueError):
         cache = {}
-    if key in cache:
-        return cache[key]["flops_per_sec"], cache[key]["measured"], True
+    if isinstance(cache.get(key), dict) and {"value", "measured"} <= set(cache[key]):
+        return cache[key]["value"], cache[key]["measured"], True
     rate = MEASURES[kind](precision)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cache[key] = {"flops_per_sec": rate, "measured": when}
+    cache[key] = {"value": rate, "measured": when}
     os.makedirs(storage.CACHE, exist_ok=True)
     storage.write_json(path, cache)
     return rate, when, False
@@ -170,35 +180,42 @@ def measure_matmul(precision: str, reps: int = 5) -> float:
     return 2 * m * k * n / _best_seconds(lambda: float(product()), reps)
 
 
-def measure_step(precision: str, reps: int = 5) -> float:
-    """Best model FLOP/s of a training step (forward, backward, Adam) of one MiniLM-sized BERT layer on 32 x 64
-    tokens under the precision's Keras policy: matrix products, softmax, LayerNorm, GELU and casts, as in a run."""
+def measure_step_speedup(precision: str, reps: int = 10) -> float:
+    """Best-step speed in `precision` over float32's of a training step (forward, backward, Adam) of one
+    MiniLM-sized BERT layer on 32 x 64 tokens: matrix products, softmax, LayerNorm, GELU and the policy's casts,
+    as in a run. The two alternate step by step, so both see the same load."""
     import tensorflow as tf
     import tf_keras
     import transformers
     from transformers.models.bert.modeling_tf_bert import TFBertLayer
     from trainer.config import KERAS_POLICY
-    config = transformers.BertConfig(hidden_size=384, num_attention_heads=6, intermediate_size=1536, num_labels=2)
-    previous = tf_keras.mixed_precision.global_policy()
-    tf_keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
+    config = transformers.BertConfig(hidden_size=384, num_attention_heads=6, intermediate_size=1536)
+    x = tf.random.normal((32, 64, config.hidden_size))
+    previous, steps = tf_keras.mixed_precision.global_policy(), []
     try:
-        layer, optimizer = TFBertLayer(config), tf_keras.optimizers.Adam(1e-5)
-        x = tf.random.normal((32, 64, config.hidden_size))
+        for policy in ("float32", KERAS_POLICY[precision]):
+            tf_keras.mixed_precision.set_global_policy(policy)
+            layer, optimizer = TFBertLayer(config), tf_keras.optimizers.Adam(1e-5)
 
-        @tf.function
-        def step():
-            with tf.GradientTape() as tape:
-                out = layer(x, None, None, None, None, None, False, training=True)[0]
-                loss = tf.reduce_mean(tf.square(tf.cast(out, tf.float32)))
-            variables = layer.trainable_variables
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            return loss
-
-        seconds = _best_seconds(lambda: float(step()), reps)
+            @tf.function
+            def step(layer=layer, optimizer=optimizer):
+                with tf.GradientTape() as tape:
+                    out = layer(x, None, None, None, None, None, False, training=True)[0]
+                    loss = tf.reduce_mean(tf.square(tf.cast(out, tf.float32)))
+                variables = layer.trainable_variables
+                optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+                return loss
+            float(step())                      # trace
+            steps.append(step)
     finally:
         tf_keras.mixed_precision.set_global_policy(previous)
-    h = config.hidden_size
-    return 32 * 64 * (6 * layer_params(h, config.intermediate_size) + 12 * h * 64) / seconds
+    best = [float("inf")] * 2
+    for _ in range(reps):
+        for i, step in enumerate(steps):
+            start = time.perf_counter()
+            float(step())
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[0] / best[1]
 
 
-MEASURES = {"matmul": measure_matmul, "step": measure_step}
+MEASURES = {"matmul": measure_matmul, "step speedup": measure_step_speedup}
