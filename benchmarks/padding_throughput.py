@@ -1,11 +1,11 @@
-"""Training throughput of padding x precision x XLA against the naive baseline (full padding, float32, no XLA),
-with each contender's MFU. One run; asserts nothing about time.
+"""Training throughput and MFU of padding x precision x XLA against the naive baseline (full padding, float32,
+no XLA), side by side in one run; asserts nothing about time.
 
     .venv/bin/python -m benchmarks.padding_throughput [--max_lengths=64,128 --precisions=none,bf16
-        --xla=false,true --steps=20 --batch_tokens=4096 --model_size=base --output_dir=DIR]
+        --xla=false,true --steps=20 --batch_tokens=4096 --model=DIR --output_dir=DIR]
 
-Per max_length, one classifier per (precision, xla), compiled as trainer-train compiles it, trains five
-contenders through its Keras train function (what `fit` calls), one step per call, timed until the loss is back:
+Per max_length, one classifier per (precision, xla), compiled as trainer-train compiles it (its defaults), trains
+five contenders through its Keras train function (what `fit` calls), one step per call, timed to the loss:
   full          max_length padding, --global_batch_size rows (in float32 without XLA: the baseline)
   batch         each batch padded to its longest row
   bucket        rows grouped by length, padded to the bucket's boundary (<= 8 shapes)
@@ -17,6 +17,7 @@ speedup: examples/s over the baseline's. MFU: model FLOPs/s (trainer.flops, on p
 the peak of the contender's precision. results.json/.md after every max_length; throughput.png with matplotlib.
 """
 import dataclasses
+import functools
 import itertools
 import os
 import time
@@ -28,18 +29,13 @@ from benchmarks import MINILM, SAMPLE_CSV, run
 
 import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS, before TensorFlow is imported)
 
-flags.DEFINE_string("model", MINILM, "Checkpoint directory or hub id (its tokenizer is used even with --model_size).")
-flags.DEFINE_enum("model_size", None, ["tiny", "mini", "small", "base"],
-                  "Instead of the checkpoint's weights, a randomly initialised BERT of this size.")
+flags.DEFINE_string("model", MINILM, "Pretrained checkpoint directory or hub id.")
 flags.DEFINE_string("source", SAMPLE_CSV, "Sentiment140 CSV to prepare (once, at the largest --max_lengths).")
-flags.DEFINE_string("data_dir", None, "An already prepared dataset to use instead of --source (rows longer than a "
-                    "max_length are truncated as they are streamed).")
 flags.DEFINE_string("work_dir", "/tmp/padding_throughput/data", "Where --source is prepared (reused when unchanged).")
 flags.DEFINE_string("output_dir", "/tmp/padding_throughput/report", "Where results.json/.md and throughput.png go.")
 flags.DEFINE_list("max_lengths", ["64", "128"], "Max lengths; each is one interleaved group.")
 flags.DEFINE_list("precisions", ["none", "bf16"], "Precisions: none, fp16, bf16.")
 flags.DEFINE_list("xla", ["false", "true"], "jit_compile settings: false, true.")
-flags.DEFINE_enum("embedding_update", "lazy", ["lazy", "dense", "frozen"], "Embedding update of every contender.")
 flags.DEFINE_integer("global_batch_size", 32, "Rows per step of full, batch and bucket.", lower_bound=1)
 flags.DEFINE_integer("batch_tokens", None, "Padded tokens per step of equal tokens (default: global_batch_size x "
                      "max_length).", lower_bound=8)
@@ -55,7 +51,6 @@ flags.register_validator("precisions", lambda v: set(v) <= {"none", "fp16", "bf1
 flags.register_validator("xla", lambda v: {x.lower() for x in v} <= {"false", "true"}, "takes false, true")
 
 CONTENDERS = ("full", "batch", "bucket", "equal tokens", "ideal")
-BERT_SIZES = {"tiny": (2, 128), "mini": (4, 256), "small": (4, 512), "base": (12, 768)}  # layers, hidden
 STARTED = time.time()
 
 
@@ -83,16 +78,15 @@ def timed_step(model, iterator) -> float:
     return time.perf_counter() - start
 
 
-def synthetic(shape, spec, rng):
-    """One batch of `shape` again and again, with the stream's element spec (None dimensions): it runs the trace
-    (and XLA executable) the stream's batches of that shape run. No autotuning (deleting an autotuned iterator
-    can block for a minute)."""
+def synthetic(shape, spec, rng, vocab_size: int):
+    """One batch of `shape` again and again, with the stream's element spec: it runs the trace (XLA executable) the
+    stream's batches of that shape run. No autotuning (deleting an autotuned iterator can block for a minute)."""
     import tensorflow as tf
-    rows, length = shape
-    columns = {"input_ids": rng.integers(1000, 20000, (rows, length)), "attention_mask": np.ones((rows, length)),
-               "token_type_ids": np.zeros((rows, length))}
-    batch = ({name: tf.constant(columns[name], tf.int32) for name in spec[0]}, tf.constant(rng.integers(0, 2, rows), tf.int32))
-    padded = ({name: spec[0][name].shape[1:] for name in spec[0]}, [])
+    rows = shape[0]
+    columns = {"input_ids": rng.integers(100, vocab_size, shape), "attention_mask": np.ones(shape),
+               "token_type_ids": np.zeros(shape)}
+    batch = ({k: tf.constant(columns[k], tf.int32) for k in spec[0]}, tf.constant(rng.integers(0, 2, rows), tf.int32))
+    padded = ({k: spec[0][k].shape[1:] for k in spec[0]}, [])
     options = tf.data.Options()
     options.autotune.enabled = False
     dataset = tf.data.Dataset.from_tensor_slices(batch).padded_batch(rows, padded, drop_remainder=True)
@@ -102,36 +96,22 @@ def synthetic(shape, spec, rng):
 def build_model(model_dir: str, precision: str, xla: bool):
     """A classifier compiled as trainer-train compiles it, under the precision's policy (same seed: same weights)."""
     import tf_keras
-    import transformers
     from trainer import model as model_lib
     from trainer.config import KERAS_POLICY, TrainConfig
     tf_keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
     tf_keras.utils.set_random_seed(FLAGS.seed)
-    frozen = FLAGS.embedding_update == "frozen"
-    if FLAGS.model_size:
-        layers, hidden = BERT_SIZES[FLAGS.model_size]
-        config = transformers.BertConfig(vocab_size=transformers.AutoConfig.from_pretrained(model_dir).vocab_size,
-                                         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
-                                         intermediate_size=4 * hidden, num_labels=2)
-        model = transformers.TFBertForSequenceClassification(config)
-        model.build_in_name_scope()
-        model.bert.embeddings.trainable = not frozen
-    else:
-        model = model_lib.build_classifier(model_dir, ["negative", "positive"], freeze_embeddings=frozen)
-    model_lib.compile_classifier(model, TrainConfig(xla=xla, embedding_update=FLAGS.embedding_update), 10 ** 6)
+    model = model_lib.build_classifier(model_dir, ["negative", "positive"])
+    model_lib.compile_classifier(model, TrainConfig(xla=xla), 10 ** 6)     # every other setting: the default
     model.make_train_function()
     return model
 
 
 def representative(plan, steps: int):
-    """`steps` batches of a whole shuffled epoch in the epoch's mix of shapes (largest remainders), in order:
-    token-sized batches hold 32 to 128 rows by shape, so the first `steps` alone would make rows/step a lottery."""
-    shapes = list(zip(plan.examples.tolist(), plan.pad_lengths[:, 0].tolist()))
-    quota = {s: steps * shapes.count(s) / plan.steps for s in set(shapes)}   # each shape's share of `steps`
-    take = {s: int(q) for s, q in quota.items()}
-    for s in sorted(quota, key=lambda s: quota[s] - take[s], reverse=True)[:steps - sum(take.values())]:
-        take[s] += 1
-    chosen = [i for i, s in enumerate(shapes) if shapes[:i + 1].count(s) <= take[s]]
+    """`steps` batches of a whole shuffled epoch in the epoch's mix of shapes (evenly spaced through the steps
+    sorted by shape), in epoch order: token-sized batches hold 32 to 128 rows by shape, so the first `steps` alone
+    would make rows/step a lottery."""
+    by_shape = np.lexsort((np.arange(plan.steps), plan.pad_lengths[:, 0], plan.examples))
+    chosen = np.sort(by_shape[np.linspace(0, plan.steps - 1, steps).round().astype(int)])
     starts = np.concatenate([[0], np.cumsum(plan.examples)])
     rows = np.concatenate([plan.rows[starts[i]:starts[i + 1]] for i in chosen])
     return dataclasses.replace(plan, rows=rows, examples=plan.examples[chosen], pad_lengths=plan.pad_lengths[chosen],
@@ -142,26 +122,27 @@ def contenders_of(model, precision, xla, max_length, splits, tokenizer, rng) -> 
     """The five contenders of one (precision, xla) setting, all training `model`."""
     from trainer.data import stream as stream_lib
     lengths = {name: np.minimum(stream_lib.lengths_of(split), max_length) for name, split in splits.items()}
-    common = dict(max_length=max_length, shuffle=True, seed=FLAGS.seed, drop_remainder=True,
-                  boundaries=stream_lib.bucket_boundaries(lengths["full"]))
-    tokens = FLAGS.batch_tokens or FLAGS.global_batch_size * max_length
-    plans = {name: (stream_lib.plan_batches(lengths["subset"], padding=padding, global_batch_size=FLAGS.global_batch_size,
-                                            **common), "subset")
+    plan = functools.partial(stream_lib.plan_batches, max_length=max_length, shuffle=True, seed=FLAGS.seed,
+                             drop_remainder=True, boundaries=stream_lib.bucket_boundaries(lengths["full"]))
+    plans = {name: (plan(lengths["subset"], padding=padding, global_batch_size=FLAGS.global_batch_size), "subset")
              for name, padding in (("full", "max_length"), ("batch", "batch"), ("bucket", "bucket"))}
-    plans["equal tokens"] = representative(stream_lib.plan_batches(lengths["full"], padding="bucket", batch_tokens=tokens,
-                                                                   **common), FLAGS.steps), "full"
+    by_tokens = plan(lengths["full"], padding="bucket", batch_tokens=batch_tokens(max_length))
+    plans["equal tokens"] = representative(by_tokens, FLAGS.steps), "full"
     found = []
     for name, (plan, which) in plans.items():
-        dataset = stream_lib.batches(splits[which], plan, model, tokenizer)
+        dataset, vocab = stream_lib.batches(splits[which], plan, model, tokenizer), model.config.vocab_size
         shapes = [(int(r), int(n)) for r, n in zip(plan.examples, plan.pad_lengths[:, 0])]
-        ends = np.cumsum(plan.examples)
-        real = [lengths[which][plan.rows[end - rows:end]] for rows, end in zip(plan.examples, ends)]
-        shape_inputs = {s: synthetic(s, dataset.element_spec, rng) for s in sorted(set(shapes))}
+        real = np.split(lengths[which][plan.rows], np.cumsum(plan.examples)[:-1])    # per step, each row's length
+        shape_inputs = {s: synthetic(s, dataset.element_spec, rng, vocab) for s in sorted(set(shapes))}
         found.append(Contender(name, precision, xla, model, [iter(dataset)] * len(shapes), shapes, real, shape_inputs,
                                (id(model), repr(dataset.element_spec))))
-    like = found[-1]
-    found.append(dataclasses.replace(like, name="ideal", inputs=[like.shape_inputs[s] for s in like.shapes], seconds=[]))
-    return found
+    by_tokens = found[-1]
+    return found + [dataclasses.replace(by_tokens, name="ideal", inputs=[by_tokens.shape_inputs[s] for s in
+                                                                         by_tokens.shapes], seconds=[])]
+
+
+def batch_tokens(max_length: int) -> int:
+    return FLAGS.batch_tokens or FLAGS.global_batch_size * max_length
 
 
 def matrix() -> list[tuple[str, bool]]:
@@ -203,23 +184,25 @@ def result(c: Contender, max_length: int, first_calls: dict) -> dict:
     steps, seconds, token_sized = len(c.seconds), float(np.sum(c.seconds)), c.name in ("equal tokens", "ideal")
     shapes, real = c.shapes[:steps], np.concatenate(c.real_lengths[:steps])
     examples, padded = sum(r for r, _ in shapes), sum(r * n for r, n in shapes)
-    flops_padded, flops_real = flops.padded_flops(c.model.config, *zip(*shapes)), flops.sequence_flops(c.model.config, real)
+    config = c.model.config
+    flops_padded, flops_real = flops.padded_flops(config, *zip(*shapes)), flops.sequence_flops(config, real)
     peak, source = flops.peak_flops(c.precision, flops.device_name(), FLAGS.peak_tflops)
     median = {s: np.median([t for t, x in zip(c.seconds, shapes) if x == s]) for s in set(shapes)}
     compile_seconds = [max(0.0, first_calls[c.spec, s] - median.get(s, seconds / padded * s[0] * s[1]))
                        for s in c.shape_inputs]
-    return {"contender": c.name, "max_length": max_length, "precision": c.precision, "xla": c.xla,
-            "batch_tokens": FLAGS.batch_tokens or FLAGS.global_batch_size * max_length if token_sized else None,
+    return {"contender": c.name, "max_length": max_length, "precision": c.precision, "xla": c.xla, "steps": steps,
+            "batch_tokens": batch_tokens(max_length) if token_sized else None,
             "global_batch_size": None if token_sized else FLAGS.global_batch_size,
-            "steps": steps, "examples_per_sec": round(examples / seconds, 2),
-            "mean_rows_per_step": round(examples / steps, 1), "real_tokens_per_sec": round(real.sum() / seconds, 1),
-            "padded_tokens_per_sec": round(padded / seconds, 1), "padding_efficiency": round(real.sum() / padded, 3),
-            "step_time_ms_median": round(1000 * float(np.median(c.seconds)), 1),
-            "step_time_ms_p90": round(1000 * float(np.percentile(c.seconds, 90)), 1),
-            "distinct_shapes": len(c.shape_inputs), "compile_seconds": round(sum(compile_seconds), 1),
+            "examples_per_sec": round(examples / seconds, 2), "mean_rows_per_step": round(examples / steps, 1),
+            "real_tokens_per_sec": round(real.sum() / seconds, 1), "padded_tokens_per_sec": round(padded / seconds, 1),
+            "padding_efficiency": round(real.sum() / padded, 3), "distinct_shapes": len(c.shape_inputs),
+            "step_time_ms_median": round(1000 * np.median(c.seconds), 1),
+            "step_time_ms_p90": round(1000 * np.percentile(c.seconds, 90), 1),
+            "compile_seconds": round(sum(compile_seconds), 1),
             "compile_seconds_per_shape": round(float(np.mean(compile_seconds)), 1),
-            "model_flops_per_sec": round(flops_padded / seconds), "model_flops_per_sec_real": round(flops_real / seconds),
-            "peak_flops_per_sec": round(peak), "peak_source": source, "mfu": round(flops_padded / seconds / peak, 4),
+            "model_flops_per_sec": round(flops_padded / seconds), "peak_source": source,
+            "model_flops_per_sec_real": round(flops_real / seconds), "peak_flops_per_sec": round(peak),
+            "mfu": round(flops_padded / seconds / peak, 4),
             "mfu_real": round(flops_real / seconds / peak, 4), "step_ms": [round(1000 * t) for t in c.seconds],
             "step_lengths": [n for _, n in shapes]}
 
@@ -250,15 +233,14 @@ def order(row: dict):
 
 def bar_chart(rows: list[dict], path: str) -> None:
     """Examples/s, one cluster per (max_length, precision, xla), one colour per contender, speedup on each bar."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    plt.switch_backend("agg")
     clusters = list(dict.fromkeys((r["max_length"], r["precision"], r["xla"]) for r in sorted(rows, key=order)))
+    by_key = {(r["max_length"], r["precision"], r["xla"], r["contender"]): r for r in rows}
     width = 0.8 / len(CONTENDERS)
     fig, ax = plt.subplots(figsize=(2 + 2.2 * len(clusters), 5))
     for i, name in enumerate(CONTENDERS):
-        found = [next((r for r in rows if (r["max_length"], r["precision"], r["xla"]) == c and r["contender"] == name),
-                      None) for c in clusters]
+        found = [by_key.get((*c, name)) for c in clusters]
         x = np.arange(len(clusters)) + (i - (len(CONTENDERS) - 1) / 2) * width
         bars = ax.bar(x, [r["examples_per_sec"] if r else 0 for r in found], width, label=name, color=f"C{i}")
         ax.bar_label(bars, [f"{r['speedup']:.1f}x" if r else "" for r in found], fontsize=7, rotation=90, padding=2)
@@ -266,22 +248,9 @@ def bar_chart(rows: list[dict], path: str) -> None:
     ax.set_ylabel("training examples / s (label: x the full-padding float32 baseline)")
     ax.margins(y=0.15)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    ax.set_title(f"{FLAGS.model_size or os.path.basename(os.path.normpath(FLAGS.model))}: padding x precision x XLA")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def prepared(model_dir: str):
-    """--data_dir, or --source prepared once at the largest max_length."""
-    from trainer.config import PrepareConfig
-    from trainer.data import prepare
-    longest, out = max(map(int, FLAGS.max_lengths)), FLAGS.data_dir
-    if not out:
-        out = os.path.join(FLAGS.work_dir, f"{os.path.basename(os.path.normpath(model_dir))}_{longest}")
-        prepare.prepare(PrepareConfig(input=FLAGS.source, output_dir=out, model=model_dir, max_length=longest,
-                                      overwrite=True))
-    return prepare.open_prepared(out)
 
 
 def _main(config, arguments):
@@ -290,22 +259,27 @@ def _main(config, arguments):
     if os.path.isfile(FLAGS.output_dir):
         raise UsageError(f"--output_dir={FLAGS.output_dir} is a file: pass a directory")
     from trainer import flops, hub, runtime, storage
-    model_dir = hub.resolve(FLAGS.model)
-    tokenizer, data = hub.load_tokenizer(model_dir), prepared(model_dir)
+    from trainer.config import PrepareConfig
+    from trainer.data import prepare
+    model_dir, longest = hub.resolve(FLAGS.model), max(map(int, FLAGS.max_lengths))
+    data_dir = os.path.join(FLAGS.work_dir, f"{os.path.basename(os.path.normpath(model_dir))}_{longest}")  # reused
+    prepare.prepare(PrepareConfig(input=FLAGS.source, output_dir=data_dir, model=model_dir, max_length=longest,
+                                  overwrite=True))
+    tokenizer, data = hub.load_tokenizer(model_dir), prepare.open_prepared(data_dir)
     runtime.import_tensorflow()
     import tensorflow as tf
     full = data.load()["train"]
     used = np.random.default_rng(FLAGS.seed).permutation(len(full))[:FLAGS.steps * FLAGS.global_batch_size]
     splits = {"subset": full.select(np.sort(used)), "full": full}
-    settings = {k: FLAGS[k].value for k in ("model", "model_size", "embedding_update", "global_batch_size", "batch_tokens",
-                                            "steps", "warmup_steps", "seed")}
+    settings = {k: FLAGS[k].value for k in "model global_batch_size batch_tokens steps warmup_steps seed".split()}
     settings.update(machine=flops.machine(), device=flops.device_name(), tensorflow=tf.__version__,
                     load_average_at_start=[round(x, 2) for x in os.getloadavg()])
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     rows = []
     for max_length in map(int, FLAGS.max_lengths):
         rows += measure(max_length, splits, tokenizer, model_dir)
-        settings.update(load_average_at_end=[round(x, 2) for x in os.getloadavg()], seconds=round(time.time() - STARTED))
+        settings.update(load_average_at_end=[round(x, 2) for x in os.getloadavg()],
+                        seconds=round(time.time() - STARTED))
         storage.write_json(os.path.join(FLAGS.output_dir, "results.json"), {"settings": settings, "rows": rows})
         storage.write_bytes(os.path.join(FLAGS.output_dir, "results.md"), report(rows, settings).encode())
     print("\n" + report(rows, settings))

@@ -21,8 +21,8 @@ def benchmark(*args, timeout=900):
 
 
 @pytest.mark.slow
-def test_padding_throughput_smoke(tmp_path):
-    result = benchmark("--model_size=tiny", "--steps=2", "--warmup_steps=1", "--max_lengths=32", "--precisions=bf16",
+def test_padding_throughput_smoke(tmp_path, tiny_model_dir):
+    result = benchmark(f"--model={tiny_model_dir}", "--steps=2", "--warmup_steps=1", "--max_lengths=32", "--precisions=bf16",
                        "--xla=false", "--peak_tflops=0.5", f"--work_dir={tmp_path / 'data'}",
                        f"--output_dir={tmp_path / 'report'}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -60,5 +60,5 @@ def test_bad_flags_are_one_line(tmp_path, flag, message):
 
 def test_output_dir_that_is_a_file(tmp_path):
     (tmp_path / "report").write_text("")
-    result = benchmark("--model_size=tiny", f"--output_dir={tmp_path / 'report'}", timeout=300)
+    result = benchmark(f"--output_dir={tmp_path / 'report'}", timeout=300)
     assert result.returncode == 2 and result.stderr == f"error: --output_dir={tmp_path / 'report'} is a file: pass a directory\n"
