@@ -244,7 +244,8 @@ def bar_chart(rows: list[dict], path: str) -> None:
         x = np.arange(len(clusters)) + (i - (len(CONTENDERS) - 1) / 2) * width
         bars = ax.bar(x, [r["examples_per_sec"] if r else 0 for r in found], width, label=name, color=f"C{i}")
         ax.bar_label(bars, [f"{r['speedup']:.1f}x" if r else "" for r in found], fontsize=7, rotation=90, padding=2)
-    ax.set_xticks(np.arange(len(clusters)), [f"L={c[0]}\n{c[1]}{', xla' if c[2] else ''}" for c in clusters])
+    names = [f"L={length}\n{'float32' if p == 'none' else p}{', xla' if xla else ''}" for length, p, xla in clusters]
+    ax.set_xticks(np.arange(len(clusters)), names)
     ax.set_ylabel("training examples / s (label: x the full-padding float32 baseline)")
     ax.margins(y=0.15)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)

@@ -70,7 +70,8 @@ def sequence_flops(config, lengths) -> float:
     """Training FLOPs of sequences of these lengths, each at its own length: sum of T (6 N + 12 L H T). Real
     tokens: the sequences' real lengths; padded: each row at its batch's padded length."""
     t = np.asarray(lengths, dtype=np.float64)
-    return float(np.sum(t * (6 * non_embedding_params(config) + 12 * config.num_hidden_layers * config.hidden_size * t)))
+    attention = 12 * config.num_hidden_layers * config.hidden_size
+    return float(np.sum(t * (6 * non_embedding_params(config) + attention * t)))
 
 
 def padded_flops(config, rows, pad_lengths) -> float:
@@ -170,7 +171,7 @@ def _best_seconds(function, reps: int) -> float:
     return best
 
 
-def measure_matmul(precision: str, reps: int = 5) -> float:
+def measure_matmul(precision: str, reps: int = 10) -> float:
     """Best FLOP/s of a (2048 x 768) @ (768 x 3072) product in the precision's compute dtype (~0.1 s per rep)."""
     import tensorflow as tf
     dtype = {"none": tf.float32, "fp16": tf.float16, "bf16": tf.bfloat16}[precision]
