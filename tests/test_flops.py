@@ -87,6 +87,11 @@ def test_a_corrupt_cache_is_measured_again(calibrations, tmp_path):
     assert (speedup, cached) == (1.5, True) and calibrations == [("step", "bf16")]
 
 
+def test_an_unknown_tpu_is_not_calibrated_on_its_host(calibrations):
+    rate, source = flops.peak_flops("bf16", "TPU tpu")
+    assert rate != rate and "pass --peak_tflops" in source and calibrations == []
+
+
 def test_the_override_wins(calibrations):
     assert flops.peak_flops("bf16", "NVIDIA A100", override_tflops=100.0) == (1e14, "flag")
     assert flops.peak_flops("none", "cpu", override_tflops=0.5) == (5e11, "flag") and calibrations == []

@@ -84,7 +84,8 @@ def mfu(model_flops_per_sec: float, peak_flops_per_sec: float) -> float:
 
 
 def device_name(strategy=None) -> str:
-    """'TPU v5e'-style, the GPU's name ('NVIDIA A100-SXM4-40GB'), or 'cpu'."""
+    """'TPU ' + the TPU VM's TPU_ACCELERATOR_TYPE ('TPU v5litepod-8'), the first GPU's name ('NVIDIA
+    A100-SXM4-40GB'), or 'cpu'."""
     import tensorflow as tf
     if strategy is not None and isinstance(strategy, tf.distribute.TPUStrategy):
         kind = os.environ.get("TPU_ACCELERATOR_TYPE", "tpu")    # set on Cloud TPU VMs, e.g. v5litepod-8
@@ -108,12 +109,15 @@ def table_peak(name: str, precision: str) -> tuple[float, str] | None:
 
 def peak_flops(precision: str, name: str = "cpu", override_tflops: float | None = None) -> tuple[float, str]:
     """(peak FLOP/s, where it came from) for a run in `precision` ('none', 'fp16', 'bf16') on device `name`:
-    the override, the table, or this machine's cached (else measured) matrix-product rate."""
+    the override, the table, or this machine's cached (else measured) matrix-product rate. An unknown TPU: NaN
+    (the host's CPU says nothing of it)."""
     if override_tflops:
         return override_tflops * 1e12, "flag"
     found = table_peak(name, precision)
     if found:
         return found
+    if "tpu" in name.lower():
+        return float("nan"), f"unknown: {name} is not in the table: pass --peak_tflops"
     rate, when, cached = calibrated("matmul", precision)
     return rate, f"calibrated: {'cached ' if cached else ''}{when} {machine()} {precision} matmul"
 
