@@ -6,7 +6,7 @@ import tf_keras
 from safetensors.numpy import load_file
 
 from conftest import MINILM
-from trainer import checks, distribute, model
+from trainer import checks, distribute, flops, model, storage
 from trainer.config import KERAS_POLICY, TrainConfig
 from trainer.errors import UsageError
 
@@ -112,10 +112,53 @@ def test_freezing(tiny_model_dir):
         model.build_classifier(tiny_model_dir, LABELS, freeze_layers=3)
 
 
-def test_precision_auto_is_none_on_cpu():
-    strategy = distribute.resolve_strategy("one_device")
-    assert model.resolve_precision("auto", strategy) == "none"
-    assert model.resolve_precision("bf16", strategy) == "bf16"
+@pytest.fixture
+def cpu(monkeypatch, tmp_path):
+    """A CPU with the given flags whose bf16 train step measures `speedup` x float32's (cache in tmp_path)."""
+    def make(cpu_flags, speedup=None):
+        monkeypatch.setattr(storage, "CACHE", str(tmp_path))
+        monkeypatch.setattr(flops, "cpu_flags", lambda: set(cpu_flags))
+        monkeypatch.setitem(flops.MEASURES, "step speedup", lambda precision: speedup)
+        return distribute.resolve_strategy("one_device")
+    return make
+
+
+def test_explicit_precisions_are_kept(cpu):
+    strategy = cpu({"avx2"})
+    assert model.choose_precision("bf16", strategy) == ("bf16", "--mixed_precision=bf16")
+    assert model.resolve_precision("none", strategy) == "none"
+
+
+@pytest.mark.parametrize("cpu_flags, speedup, precision", [
+    ({"avx2", "fma"}, None, "none"),              # no bf16 instructions: nothing measured
+    ({"avx512f", "avx512_bf16"}, 1.05, "none"),   # bf16 instructions, but not faster here
+    ({"amx_bf16", "amx_tile"}, 1.4, "bf16"),
+])
+def test_auto_on_a_cpu(cpu, cpu_flags, speedup, precision):
+    chosen, why = model.choose_precision("auto", cpu(cpu_flags, speedup))
+    assert chosen == precision and why.startswith("auto: CPU")
+    assert ("x float32's" in why) == (speedup is not None)
+
+
+def test_auto_on_a_tpu(monkeypatch):
+    class FakeTPUStrategy:
+        pass
+    monkeypatch.setattr(tf.distribute, "TPUStrategy", FakeTPUStrategy)
+    assert model.choose_precision("auto", FakeTPUStrategy()) == ("bf16", "auto: TPU")
+
+
+@pytest.mark.parametrize("capabilities, precision", [
+    ([(9, 0)], "bf16"), ([(8, 0), (8, 6)], "bf16"), ([(7, 5)], "fp16"), ([(8, 0), (7, 0)], "fp16"),
+    ([(6, 1)], "none")])
+def test_auto_on_gpus_follows_the_lowest_compute_capability(cpu, monkeypatch, capabilities, precision):
+    strategy = cpu({"amx_bf16"}, 2.0)   # the GPUs decide, not the host CPU
+    real = tf.config.list_physical_devices
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: list(range(len(capabilities))) if kind == "GPU" else real(kind))
+    monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                        lambda gpu: {"compute_capability": capabilities[gpu]})
+    chosen, why = model.choose_precision("auto", strategy)
+    assert chosen == precision and why.startswith(f"auto: GPU compute capability {min(capabilities)[0]}.")
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

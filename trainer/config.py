@@ -219,8 +219,10 @@ class TrainConfig(Checked):
     freeze_layers: int = setting(0, "Keep the embeddings and the first N encoder layers fixed.", lower=0)
     classifier_dropout: float | None = setting(None, "Dropout before the head (default: the model config's).",
                                                lower=0.0, upper=0.9)
-    mixed_precision: str = setting("auto", "auto: bf16 on TPU, fp16 on GPUs of compute capability >= 7, none on "
-                                   "CPU.", choices=PRECISIONS)
+    mixed_precision: str = setting("auto", "auto: bf16 on TPU and on GPUs of compute capability >= 8, fp16 "
+                                   "(loss scaling) on 7.x, else none; on a CPU bf16 only with AMX or AVX512-BF16 "
+                                   "and a bf16 train step measured >= 1.1x float32's (cached), else none.",
+                                   choices=PRECISIONS)
     xla: bool = setting(False, "Compile the train step with XLA (jit_compile).")
     steps_per_execution: int = setting(1, "Train steps per tf.function call (TPUs want 50-100+).", lower=1)
     eval_every_steps: int | None = setting(None, "Validate every N global steps and at the end (default: at the "

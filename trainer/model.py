@@ -20,15 +20,37 @@ from trainer.errors import UsageError
 NO_WEIGHT_DECAY = ["LayerNorm", "layer_norm", "bias"]       # as transformers.create_optimizer
 
 
+BF16_MARGIN = 1.1     # on a CPU, bf16 is picked only if its train step is at least this much faster than float32's
+
+
 def resolve_precision(precision: str, strategy: tf.distribute.Strategy) -> str:
-    """auto: bf16 on TPU, fp16 on GPUs of compute capability >= 7, else none (CPU)."""
+    """The precision a run uses: `choose_precision`'s, without the reason."""
+    return choose_precision(precision, strategy)[0]
+
+
+def choose_precision(precision: str, strategy: tf.distribute.Strategy) -> tuple[str, str]:
+    """(precision, why) for --mixed_precision. auto: bf16 on TPU; on GPUs by the lowest compute capability,
+    bf16 from 8.0 (Ampere, Hopper), fp16 with loss scaling on 7.x, else none; on a CPU, bf16 only if it has
+    amx_bf16 or avx512_bf16 and a bf16 train step measures >= BF16_MARGIN x float32's (cached per machine)."""
+    from trainer import flops
     if precision != "auto":
-        return precision
+        return precision, f"--mixed_precision={precision}"
     if isinstance(strategy, tf.distribute.TPUStrategy):
-        return "bf16"
+        return "bf16", "auto: TPU"
     gpus = tf.config.list_physical_devices("GPU")
-    capabilities = [tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0)) for g in gpus]
-    return "fp16" if capabilities and min(capabilities) >= (7, 0) else "none"
+    if gpus:
+        major, minor = min(tuple(tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0)))
+                           for g in gpus)
+        found = f"auto: GPU compute capability {major}.{minor}"
+        if major >= 8:
+            return "bf16", f"{found} (bf16 tensor cores, no loss scaling)"
+        return ("fp16", f"{found} (fp16 tensor cores, loss scaling)") if major == 7 else ("none", f"{found} (< 7.0)")
+    bf16_flags = sorted({"amx_bf16", "avx512_bf16"} & flops.cpu_flags())
+    if not bf16_flags:
+        return "none", "auto: CPU without amx_bf16 or avx512_bf16"
+    speedup, when, _ = flops.calibrated("step speedup", "bf16")
+    found = f"auto: CPU with {', '.join(bf16_flags)}; a bf16 train step is {speedup:.2f}x float32's (measured {when})"
+    return ("bf16", found) if speedup >= BF16_MARGIN else ("none", f"{found}, < {BF16_MARGIN}x")
 
 
 def build_classifier(model_dir: str, label_names: list[str], *, classifier_dropout: float | None = None,
