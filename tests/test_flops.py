@@ -99,3 +99,19 @@ def test_the_override_wins(calibrations):
 
 def test_device_name_without_accelerators():
     assert flops.device_name() == "cpu"
+
+
+def test_a_batch_plans_window_flops():
+    """Two shards; step 0: 4 rows (2 per shard at 10 and 12 tokens), step 1: 2 rows (1 per shard at 8 and 8)."""
+    import numpy as np
+    from trainer.data.stream import BatchPlan
+    lengths = np.array([5, 10, 12, 9, 8, 3])
+    plan = BatchPlan(rows=np.array([0, 1, 2, 3, 4, 5]), examples=np.array([4, 2]),
+                     pad_lengths=np.array([[10, 12], [8, 8]]), real_tokens=np.array([36, 11]), num_shards=2,
+                     padding="batch", max_length=12)
+    per_token = 6 * TINY_PARAMS
+    attention = 12 * 1 * 32
+    real, padded = flops.plan_flops(TINY, plan, lengths, slice(0, 2))
+    assert real == sum(t * (per_token + attention * t) for t in lengths)
+    assert padded == sum(n * t * (per_token + attention * t) for n, t in ((2, 10), (2, 12), (1, 8), (1, 8)))
+    assert flops.plan_flops(TINY, plan, lengths, slice(1, 2))[0] == sum(t * (per_token + attention * t) for t in (8, 3))

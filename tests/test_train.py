@@ -3,6 +3,7 @@ per-step windows, outputs, export, refusals."""
 import csv
 import glob
 import json
+import re
 import os
 
 import numpy as np
@@ -50,6 +51,11 @@ def test_one_device_trains_and_writes_every_output(one_device_run):
     assert metrics["distinct_shapes"] <= 8 and metrics["padding_efficiency"] > 0.8
     assert stats["accuracy"] == metrics["accuracy"] and metrics["exported"] == "best"
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 0 < metrics["mfu_real"] < metrics["mfu"] < 1 and metrics["model_flops_per_sec"] > 0
+    assert metrics["peak_source"] and metrics["precision_reason"].startswith("--mixed_precision=") or \
+        metrics["precision_reason"].startswith("auto")
+    with open(out / "steps.csv") as f:
+        assert all(float(row["mfu"]) > 0 for row in csv.DictReader(f) if row["mfu"])
     identity = json.load(open(out / "run.json"))["settings"]
     assert identity["per_replica_batch_size"] == 32 and identity["replicas"] == 1 and identity["seed"] == 1
 
@@ -215,5 +221,5 @@ def test_the_command_prints_progress_lines_without_a_terminal(tmp_path, small_pr
     assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
     progress = [line.split("] ", 1)[1] for line in result.stdout.splitlines() if "] step " in line]
     assert [line.split()[1] for line in progress] == ["10/20", "20/20"]
-    assert all(" examples/s  ETA " in line for line in progress)
+    assert all(re.search(r" examples/s  MFU \d+\.\d%  ETA ", line) for line in progress), progress
     assert "epoch 1/2: steps 1-16," in result.stdout and "epoch 2/2: steps 17-20," in result.stdout   # global steps

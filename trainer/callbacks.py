@@ -19,12 +19,13 @@ import tf_keras
 from absl import logging
 
 from trainer import model as model_lib
-from trainer import rundir, schema, storage
+from trainer import flops, rundir, schema, storage
 from trainer.data.stream import BatchPlan
 from trainer.errors import Diverged
 
 STEP_SCALARS = ("loss", "accuracy", "learning_rate", "examples_per_sec", "real_tokens_per_sec",
-                "padded_tokens_per_sec", "padding_efficiency")
+                "padded_tokens_per_sec", "padding_efficiency", "model_flops_per_sec", "model_flops_per_sec_real",
+                "mfu", "mfu_real")
 VALIDATION_SCALARS = ("loss", "accuracy", "f1")
 WINDOWED = ("loss", "accuracy")
 
@@ -90,7 +91,13 @@ class StepLogger(EpochAware):
         self.csv_path, self.log_every_steps, self.total_steps, self.is_chief = csv_path, log_every_steps, total_steps, is_chief
         self.writer = tf.summary.create_file_writer(log_dir) if is_chief else None
         self.first_step_seconds = None
-        self.totals = {"examples": 0, "real_tokens": 0, "padded_tokens": 0, "seconds": 0.0}
+        self.totals = {"examples": 0, "real_tokens": 0, "padded_tokens": 0, "flops": 0.0, "real_flops": 0.0,
+                       "seconds": 0.0}
+        self.model_config = None
+
+    def count_flops(self, model_config, lengths, peak_flops: float) -> None:
+        """Also log model FLOP/s and MFU, on padded tokens (what the devices computed) and on real ones."""
+        self.model_config, self.lengths, self.peak_flops = model_config, lengths, peak_flops
 
     def start_epoch(self, plan: BatchPlan, first_step: int) -> None:
         super().start_epoch(plan, first_step)
@@ -114,6 +121,10 @@ class StepLogger(EpochAware):
             self._log(step, logs or {})
         self.previous_step = step
 
+    @staticmethod
+    def _mfu_text(row: dict) -> str:
+        return f"  MFU {row['mfu']:.1%}" if "mfu" in row and row["mfu"] == row["mfu"] else ""
+
     def _window(self, step: int, logs: dict) -> dict:
         """Mean loss and accuracy over the rows of the steps since the last log."""
         rows = int(self.rows_done[step - self.first_step])
@@ -133,6 +144,12 @@ class StepLogger(EpochAware):
             counts = {"examples": int(self.plan.examples[timed].sum()),
                       "real_tokens": int(self.plan.real_tokens[timed].sum()),
                       "padded_tokens": int(self.plan.padded_tokens[timed].sum()), "seconds": seconds}
+            if self.model_config is not None:
+                counts["real_flops"], counts["flops"] = flops.plan_flops(self.model_config, self.plan, self.lengths, timed)
+                row.update(model_flops_per_sec=counts["flops"] / seconds,
+                           model_flops_per_sec_real=counts["real_flops"] / seconds,
+                           mfu=flops.mfu(counts["flops"] / seconds, self.peak_flops),
+                           mfu_real=flops.mfu(counts["real_flops"] / seconds, self.peak_flops))
             for key, value in counts.items():
                 self.totals[key] += value
             row.update(examples_per_sec=counts["examples"] / seconds, real_tokens_per_sec=counts["real_tokens"] / seconds,
@@ -146,7 +163,7 @@ class StepLogger(EpochAware):
         if not self.is_chief:
             return
         logging.info("step %d/%d  loss %.4f  accuracy %.4f%s", step, self.total_steps, row["loss"], row["accuracy"],
-                     f"  {row['examples_per_sec']:.1f} examples/s  ETA {eta}" if seconds > 0 else "")
+                     f"  {row['examples_per_sec']:.1f} examples/s{self._mfu_text(row)}  ETA {eta}" if seconds > 0 else "")
         with self.writer.as_default(step=step):
             for name in STEP_SCALARS:
                 if name in row:

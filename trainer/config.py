@@ -223,6 +223,9 @@ class TrainConfig(Checked):
                                    "(loss scaling) on 7.x, else none; on a CPU bf16 only with AMX or AVX512-BF16 "
                                    "and a bf16 train step measured >= 1.1x float32's (cached), else none.",
                                    choices=PRECISIONS)
+    peak_tflops: float | None = setting(None, "The devices' peak TFLOP/s (each) in the run's precision, the "
+                                        "denominator of MFU. Default: a datasheet table for known GPUs and TPUs, else "
+                                        "this machine's matrix-product rate, measured once and cached.", lower=1e-6)
     xla: bool = setting(False, "Compile the train step with XLA (jit_compile).")
     steps_per_execution: int = setting(1, "Train steps per tf.function call (TPUs want 50-100+).", lower=1)
     eval_every_steps: int | None = setting(None, "Validate every N global steps and at the end (default: at the "

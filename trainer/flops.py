@@ -79,6 +79,16 @@ def padded_flops(config, rows, pad_lengths) -> float:
     return sequence_flops(config, np.repeat(np.asarray(pad_lengths), np.asarray(rows)))
 
 
+def plan_flops(config, plan, lengths, steps: slice) -> tuple[float, float]:
+    """(real, padded) training FLOPs of a batch plan's steps: real at each row's own length (`lengths`, already
+    clipped to max_length), padded at each shard slice's padded length."""
+    offsets = np.concatenate([[0], np.cumsum(plan.examples)])
+    start, stop = offsets[steps.start], offsets[steps.stop]
+    real = sequence_flops(config, lengths[plan.rows[start:stop]])
+    rows = np.repeat(plan.examples[steps] // plan.num_shards, plan.num_shards)
+    return real, padded_flops(config, rows, plan.pad_lengths[steps].ravel())
+
+
 def mfu(model_flops_per_sec: float, peak_flops_per_sec: float) -> float:
     return model_flops_per_sec / peak_flops_per_sec
 

@@ -27,7 +27,7 @@ import tensorflow as tf
 import tf_keras
 from absl import logging
 
-from trainer import callbacks, checks, curves, distribute, metrics, rundir, storage
+from trainer import callbacks, checks, curves, distribute, flops, metrics, rundir, storage
 from trainer import model as model_lib
 from trainer.config import KERAS_POLICY, TrainConfig
 from trainer.data import stream as stream_lib
@@ -61,6 +61,9 @@ class Setup:
     precision: str
     num_workers: int
     worker_index: int
+    precision_reason: str = ""
+    peak_flops: float = float("nan")      # all replicas together, in the run's precision: MFU's denominator
+    peak_source: str = ""
 
     @property
     def is_chief(self) -> bool:
@@ -78,9 +81,14 @@ def make_setup(config: TrainConfig) -> Setup:
     """Strategy, seeds and precision policy."""
     strategy = distribute.resolve_strategy(config.strategy, config.tpu, config.num_gpus)
     tf_keras.utils.set_random_seed(config.seed)
-    precision = model_lib.resolve_precision(config.mixed_precision, strategy)
+    precision, reason = model_lib.choose_precision(config.mixed_precision, strategy)
     tf_keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
-    return Setup(strategy, precision, *distribute.worker_count_and_index(strategy))
+    device = flops.device_name(strategy)
+    peak, source = flops.peak_flops(precision, device, config.peak_tflops)
+    devices = 1 if device == "cpu" else strategy.num_replicas_in_sync      # logical CPU devices share the CPU
+    logging.info("precision %s (%s); peak %.1f TFLOP/s (%s x %d)", precision, reason, peak * devices / 1e12, source,
+                 devices)
+    return Setup(strategy, precision, *distribute.worker_count_and_index(strategy), reason, peak * devices, source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +250,8 @@ def make_callbacks(config: TrainConfig, setup: Setup, data: Data, trainable: Tra
     logs, chief = run_dir.file(rundir.LOGS), setup.is_chief
     step_logger = callbacks.StepLogger(os.path.join(logs, "train"), run_dir.file(rundir.STEPS_CSV),
                                        config.log_every_steps, data.total_steps, is_chief=chief)
+    step_logger.count_flops(trainable.classifier.config, np.minimum(stream_lib.lengths_of(data.splits["train"]),
+                                                                    data.plan_args["max_length"]), setup.peak_flops)
     saver = callbacks.Checkpoint(trainable.manager, config.checkpoint_every_steps, chief, on_saved=run_dir.sync)
     scorer = metrics.Scorer(trainable.classifier, setup.strategy, data.label_names, jit_compile=config.xla)
     keras = [step_logger]             # the logger first: its step time excludes the others' work
@@ -383,9 +393,16 @@ def _stats(config: TrainConfig, setup: Setup, data: Data, trainable: Trainable, 
              "stopped_early_at": hooks.validation.stopped_early_at if hooks.validation else None,
              "worker": {"index": setup.worker_index, "count": setup.num_workers,
                         "rows_sha256": loop.rows_digest.hexdigest()}}
+    stats.update(precision_reason=setup.precision_reason, peak_flops_per_sec=setup.peak_flops,
+                 peak_source=setup.peak_source)
     if logger.totals["seconds"]:
-        stats["examples_per_sec"] = logger.totals["examples"] / logger.totals["seconds"]
-        stats["real_tokens_per_sec"] = logger.totals["real_tokens"] / logger.totals["seconds"]
+        seconds = logger.totals["seconds"]
+        stats.update(examples_per_sec=logger.totals["examples"] / seconds,
+                     real_tokens_per_sec=logger.totals["real_tokens"] / seconds,
+                     model_flops_per_sec=logger.totals["flops"] / seconds,
+                     model_flops_per_sec_real=logger.totals["real_flops"] / seconds,
+                     mfu=flops.mfu(logger.totals["flops"] / seconds, setup.peak_flops),
+                     mfu_real=flops.mfu(logger.totals["real_flops"] / seconds, setup.peak_flops))
     return stats
 
 
