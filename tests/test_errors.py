@@ -387,3 +387,12 @@ def test_help_answers_at_once_with_exit_0_before_tensorflow_loads():
                  f"except SystemExit as e:\n    print('tensorflow' in sys.modules, e.code)")
         assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                               cwd=ROOT).stdout.splitlines()[-1] == "False 0"
+
+
+def test_predict_from_a_never_ending_stdin_is_one_line(ws):
+    before = snapshot(ws.parent)
+    with open("/dev/zero", "rb") as zeros:
+        result = subprocess.run(command("predict", f"--model_dir={ws}/export"), stdin=zeros, capture_output=True,
+                                timeout=300)
+    assert_refused(result.returncode, result.stderr.decode(), "stdin holds more than 256 MiB", ws)
+    assert snapshot(ws.parent) == before

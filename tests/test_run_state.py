@@ -334,3 +334,31 @@ def _same_logits(run_dir, runs) -> bool:
     a = model_lib.load_export(str(run_dir / "export"))(inputs).logits.numpy()
     b = model_lib.load_export(str(runs.stopped.parent / "whole" / "export"))(inputs).logits.numpy()
     return bool(np.allclose(a, b, atol=1e-4))
+
+
+@pytest.mark.parametrize("name, kind", [("checkpoints", "file"), ("best", "file"), ("run.json", "dir"),
+                                        ("steps.csv", "dir")])
+def test_a_run_file_of_the_wrong_kind_is_refused(name, kind, runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    path = run_dir / name
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    path.mkdir() if kind == "dir" else path.write_text("x")
+    before = snapshot(run_dir)
+    with pytest.raises(UsageError) as refused:
+        train.run(config(runs.data, runs.model, run_dir))
+    assert_refused(refused.value, f"{name} is not a {'directory' if kind == 'file' else 'file'}")
+    assert snapshot(run_dir) == before
+    stats = train.run(config(runs.data, runs.model, run_dir, overwrite_output_dir=True))
+    assert_finished(stats, 0)
+
+
+def test_a_run_whose_checkpoints_were_removed_says_it_starts_at_0(runs, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    shutil.rmtree(run_dir / "checkpoints")
+    capsys.readouterr()
+    stats = train.run(config(runs.data, runs.model, run_dir))
+    out = capsys.readouterr().out
+    assert "has no checkpoint" in out and "starts at step 0" in out
+    assert_finished(stats, 0)

@@ -221,6 +221,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+DIRECTORIES, FILES = (CHECKPOINTS, BEST, LOGS, EXPORT), (IDENTITY, METRICS, STEPS_CSV, VALIDATION_CSV)
+
+
+def check_layout(run_dir: RunDir) -> None:
+    """Each of the run's names is the kind of thing the run writes there (a directory, or a regular file)."""
+    for names, wanted, test in ((DIRECTORIES, "a directory", os.path.isdir), (FILES, "a file", os.path.isfile)):
+        for name in names:
+            path = run_dir.file(name)
+            if os.path.lexists(path) and not test(path):
+                raise UsageError(f"{run_dir.url}/{name} is not {wanted}: move it away, or pass --overwrite_output_dir "
+                                 "to start afresh, or another --output_dir")
+
+
 def is_run_dir(path: str) -> bool:
     """A local directory that a training run made: its identity is there, or its lock beside its files (a lock
     alone is any tool's)."""

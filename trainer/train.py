@@ -41,6 +41,7 @@ def run(config: TrainConfig, inputs: checks.TrainInputs | None = None) -> dict:
     with rundir.RunDir(config.output_dir, is_chief=inputs.is_chief) as run_dir:
         if inputs.replace:
             run_dir.reset()      # --overwrite_output_dir, and every input checked: only now the old run goes
+        rundir.check_layout(run_dir)
         setup = make_setup(config)
         data = load_data(config, inputs, setup)
         rundir.check_identity(run_dir, identity(config, inputs, setup), IDENTITY_FLAGS)
@@ -216,6 +217,9 @@ def restore(config: TrainConfig, trainable: Trainable, run_dir, data: Data) -> i
         rundir.point_to(directory, sorted(n for n in numbers if n <= step and n not in damaged))
     if step:
         logging.info("resumed from %s", os.path.join(directory, f"ckpt-{step}"))
+    elif callbacks.csv_steps(run_dir.file(rundir.STEPS_CSV)):
+        print(f"{run_dir.url} has no checkpoint (the run stopped before its first, or they were removed): training "
+              "starts at step 0", flush=True)
     trainable.manager = tf.train.CheckpointManager(trainable.checkpoint, os.path.join(
         trainable.scratch or run_dir.path, rundir.CHECKPOINTS), max_to_keep=2)
     if config.profile_steps and not step < config.profile_steps[1] <= data.total_steps:

@@ -13,6 +13,9 @@ from trainer.config import PredictConfig
 from trainer.errors import UsageError
 
 
+MAX_STDIN = 256 << 20
+
+
 def read_texts(arguments: list[str], config: PredictConfig) -> list[str]:
     """The arguments, or stdin's non-blank lines; bytes that are not valid text are refused."""
     if arguments:
@@ -23,7 +26,10 @@ def read_texts(arguments: list[str], config: PredictConfig) -> list[str]:
                 raise UsageError(f"argument {number} is not valid UTF-8: pass the text on stdin with "
                                  "--encoding=<its encoding>") from None
         return arguments
-    data = sys.stdin.buffer.read()
+    data = sys.stdin.buffer.read(MAX_STDIN + 1)       # a device such as /dev/zero never ends
+    if len(data) > MAX_STDIN:
+        raise UsageError(f"stdin holds more than {MAX_STDIN >> 20} MiB: classify the texts in parts (or check that "
+                         "stdin is the file you meant)")
     try:
         text = data.decode(config.encoding)
     except UnicodeDecodeError as e:
