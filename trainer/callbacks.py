@@ -39,30 +39,35 @@ def append_csv(path: str, fields, row: dict) -> None:
         writer.writerow(row)
 
 
-def csv_steps(path: str) -> list[dict]:
-    """The rows of one of the run's CSVs whose step reads as a number (a row cut short by a kill, or garbage,
-    does not); [] for a missing file."""
-    if not os.path.exists(path):
-        return []
+def _read_csv(path: str) -> tuple[list[str], list[dict], int]:
+    """(header, the rows whose step reads as a number and that have every field, how many rows there are)."""
     with open(path, newline="", errors="replace") as f:
         reader = csv.DictReader(f)
-        rows = [row for row in reader if None not in row.values() and None not in row]
-    return [row for row in rows if str(row.get("step", "")).isdigit()]
+        rows = list(reader)
+        header = reader.fieldnames or []
+    readable = [row for row in rows if None not in row.values() and None not in row
+                and str(row.get("step", "")).isdigit()]
+    return header, readable, len(rows)
+
+
+def csv_steps(path: str) -> list[dict]:
+    """The rows of one of the run's CSVs that read back (not a row cut short by a kill, nor garbage); [] for a
+    missing file."""
+    return _read_csv(path)[1] if os.path.exists(path) else []
 
 
 def drop_csv_rows_after(path: str, step: int) -> None:
-    """A resumed run repeats the steps after its checkpoint: drop the killed run's rows for them (and any row
-    that does not read back)."""
+    """A resumed run repeats the steps after its checkpoint: drop the killed run's rows for them, and any row
+    (or a whole file) that does not read back."""
     if not os.path.exists(path):
         return
-    rows = csv_steps(path)
+    header, rows, count = _read_csv(path)
     kept = [row for row in rows if int(row["step"]) <= step]
-    with open(path, newline="", errors="replace") as f:
-        unchanged = len(kept) == len(rows) == sum(1 for _ in csv.reader(f)) - 1
-    if not unchanged:
-        os.remove(path)
-        for row in kept:
-            append_csv(path, rows[0].keys(), row)
+    if "step" in header and len(kept) == count:
+        return
+    os.remove(path)
+    for row in kept:
+        append_csv(path, header, row)
 
 
 class EpochAware(tf_keras.callbacks.Callback):

@@ -17,7 +17,7 @@ def read_columns(path: str) -> dict[str, list[float]]:
     """Each column of a CSV as floats (NaN where a cell is empty); {} if the file is missing or has no rows."""
     if not os.path.exists(path):
         return {}
-    with open(path, newline="") as f:
+    with open(path, newline="", errors="replace") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return {}

@@ -249,8 +249,9 @@ class OutputLock:
         self.target, self.file = target, None
         if storage.is_url(target):
             return                  # staged in the local temp directory: nothing beside a bucket output
-        path = os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(target)[:80]}.lock")
-        self.file = _locked(path, target)
+        parent = os.path.dirname(os.path.abspath(target))
+        os.makedirs(parent, exist_ok=True)           # as staging beside the output would
+        self.file = _locked(os.path.join(parent, f".{os.path.basename(target)[:80]}.lock"), target)
         for stale in storage.remove_staging(None, beside=target):
             logging.info("removed %s, left by a process that was stopped while writing it", stale)
 
