@@ -5,7 +5,10 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
+import types
 
+import numpy as np
 import pytest
 
 GPU_ENV = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}   # as the host had it, for `gpu` tests
@@ -14,6 +17,8 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""       # before TensorFlow starts; inheri
 import trainer  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
+
+from trainer.data.stream import BatchPlan  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
@@ -26,6 +31,32 @@ _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
+# Keras-level stand-ins for the loop's tests: a model config for FLOP counts, plans and batches of chosen sizes.
+MODEL_CONFIG = types.SimpleNamespace(num_hidden_layers=1, hidden_size=8, intermediate_size=16, vocab_size=50,
+                                     max_position_embeddings=16, type_vocab_size=2, num_labels=2)
+
+
+def fake_plan(sizes, length=10, real_per_row=7.5):
+    sizes = np.asarray(sizes)
+    return BatchPlan(rows=np.arange(sizes.sum()), examples=sizes, pad_lengths=np.full((len(sizes), 1), length),
+                     real_tokens=(sizes * real_per_row).astype(int), num_shards=1, padding="bucket", max_length=length)
+
+
+def small_model(steps_per_execution=1):
+    tf_keras.utils.set_random_seed(0)
+    model = tf_keras.Sequential([tf_keras.layers.Dense(2)])
+    model.compile(optimizer=tf_keras.optimizers.legacy.SGD(0.1), steps_per_execution=steps_per_execution,
+                  loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+
+def batches_of(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    data = [(rng.normal(size=(n, 3)).astype(np.float32), rng.integers(0, 2, n).astype(np.int32)) for n in sizes]
+    return tf.data.Dataset.from_generator(lambda: iter(data), output_signature=(
+        tf.TensorSpec((None, 3), tf.float32), tf.TensorSpec((None,), tf.int32)))
+
+
 def write_sentiment140(path, rows):
     """rows: (target, text) pairs -> a file in Sentiment140's own format."""
     import csv
@@ -34,6 +65,22 @@ def write_sentiment140(path, rows):
         for i, (target, text) in enumerate(rows):
             writer.writerow([target, 1000 + i, "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", f"user{i}", text])
     return str(path)
+
+
+def start_with_fault(fault, step, args, ready=None, env=None, cwd=None):
+    """trainer-train with a fault at a global step (tests/faults.py), in a process of its own."""
+    command = [sys.executable, str(ROOT / "tests" / "faults.py"), fault, str(step), str(ready or "-"), "--", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+
+
+def wait_until_ready(process, ready):
+    """The child writes `ready` once it has reached its step (and hangs there); no sleeping and hoping."""
+    deadline = time.monotonic() + 600
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the child ended before its fault: {process.communicate()[1][-3000:]}")
+        time.sleep(0.05)
 
 
 def run_cli(command: str, *args, stdin=None, env=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:

@@ -17,27 +17,27 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from trainer import runtime  # noqa: E402
 
 runtime.import_tensorflow()   # quietly, as the command would
-from trainer import callbacks  # noqa: E402
+from trainer import train as train_lib  # noqa: E402
 from trainer.cli import train  # noqa: E402
 
 fault, step = sys.argv[1], int(sys.argv[2])
 ready = sys.argv[3] if sys.argv[3] != "-" else None
-original = callbacks.Checkpoint.on_train_batch_end
+original = train_lib.Loop.after_step
 
 
-def on_train_batch_end(self, batch, logs=None):
-    if self.global_step(batch) == step:
+def after_step(self, global_step, logs):
+    if global_step == step:
         if fault == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
         elif fault == "nan_weights":
             weight = self.model.trainable_weights[0]
             weight.assign(weight * float("nan"))
-    original(self, batch, logs)
-    if fault == "hang" and self.global_step(batch) == step:
+    original(self, global_step, logs)
+    if fault == "hang" and global_step == step:
         pathlib.Path(ready).write_text(str(os.getpid()))
         threading.Event().wait()
 
 
-callbacks.Checkpoint.on_train_batch_end = on_train_batch_end
+train_lib.Loop.after_step = after_step
 sys.argv = [sys.argv[0], *sys.argv[sys.argv.index("--") + 1:]]
 train.main()

@@ -31,8 +31,15 @@ def test_resolve_a_file(tmp_path):
 
 def test_config_tokenizer_and_positions(tiny_model_dir):
     config = hub.load_config(tiny_model_dir, num_labels=3)
-    assert config.num_labels == 3 and hub.max_positions(config) == config.max_position_embeddings > 0
+    assert config.num_labels == 3 and config.max_position_embeddings == 128
     assert hub.load_tokenizer(tiny_model_dir).is_fast
+
+
+def test_max_length_within_the_positions(tiny_model_dir):
+    config = hub.load_config(tiny_model_dir)
+    assert hub.fit_max_length(config, 128, "m") == 128 and hub.fit_max_length(config, 200, "m", clip=True) == 128
+    one_line(lambda: hub.fit_max_length(config, 129, "m"), "--max_length=129 is above the 128 positions of m: "
+                                                          "pass --max_length<=128")
 
 
 def test_weights_file(tmp_path, tiny_model_dir):

@@ -5,16 +5,12 @@ import csv
 import hashlib
 import json
 import signal
-import subprocess
-import sys
-import time
 
 import datasets
 import numpy as np
-import pytest
 import tensorflow as tf
 
-from conftest import ROOT, run_cli
+from conftest import run_cli, start_with_fault, wait_until_ready
 from trainer import hub, model as model_lib
 from trainer.data import stream as stream_lib
 
@@ -24,21 +20,6 @@ def train_args(data_dir, model_dir, output_dir, *extra):
     return [f"--data_dir={data_dir}", f"--model={model_dir}", f"--output_dir={output_dir}", "--strategy=one_device",
             "--per_replica_batch_size=8", "--epochs=2", "--learning_rate=1e-3", "--seed=1", "--log_every_steps=16",
             "--checkpoint_every_steps=16", "--eval_every_steps=32", *extra]
-
-
-def start_with_fault(fault, step, args, ready=None):
-    command = [sys.executable, str(ROOT / "tests" / "faults.py"), fault, str(step), str(ready or "-"), "--", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_until_ready(process, ready):
-    """The child writes `ready` once it has reached its step (and hangs there); no sleeping and hoping."""
-    deadline = time.monotonic() + 600
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the child ended before its fault: {process.communicate()[1][-3000:]}")
-        time.sleep(0.05)
 
 
 def kill_9(process):

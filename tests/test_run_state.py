@@ -46,12 +46,12 @@ def patched(owner, name, replacement):
 def stop_at(step):
     """Training stops at `step` as after SIGTERM: the checkpoint of that step is saved, nothing is exported."""
     def replacement(original):
-        def on_train_batch_end(self, batch, logs=None):
-            if self.global_step(batch) == step:
+        def after_step(self, global_step, logs):
+            if global_step == step:
                 self.request_stop()
-            original(self, batch, logs)
-        return on_train_batch_end
-    return patched(callbacks.Checkpoint, "on_train_batch_end", replacement)
+            original(self, global_step, logs)
+        return after_step
+    return patched(train.Loop, "after_step", replacement)
 
 
 def stopped(out, data, model, **overrides):
@@ -159,13 +159,13 @@ def test_no_intact_checkpoint_is_refused_and_nothing_restarts_from_0(runs, tmp_p
 def infinite_moment_at(step):
     """After `step`, one of AdamW's moments becomes infinite while every weight stays finite."""
     def replacement(original):
-        def on_train_batch_end(self, batch, logs=None):
-            if self.global_step(batch) == step:
+        def after_step(self, global_step, logs):
+            if global_step == step:
                 moment = next(v for v in self.model.optimizer.variables() if v.shape.rank == 2)
                 moment.assign(tf.fill(moment.shape, float("inf")))
-            original(self, batch, logs)
-        return on_train_batch_end
-    return patched(callbacks.Checkpoint, "on_train_batch_end", replacement)
+            original(self, global_step, logs)
+        return after_step
+    return patched(train.Loop, "after_step", replacement)
 
 
 def test_non_finite_optimizer_state_makes_a_checkpoint_unsound(runs, tmp_path, capsys):

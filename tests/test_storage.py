@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, run_cli, write_sentiment140
+from conftest import run_cli, start_with_fault, wait_until_ready, write_sentiment140
 from trainer import rundir, runtime, storage
 from trainer.errors import UsageError
 
@@ -124,14 +124,8 @@ def test_prepare_train_kill_resume_evaluate_through_a_bucket(gcs, tmp_path, tiny
                   "--strategy=one_device", "--per_replica_batch_size=8", "--epochs=2", "--checkpoint_every_steps=10",
                   "--log_every_steps=10", "--eval_every_steps=20"]       # 192 rows / 8 = 24 steps per epoch
     ready = tmp_path / "ready"
-    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "faults.py"), "hang", "25", str(ready), "--",
-                                *train_args], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 600
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(process.communicate()[1].decode()[-3000:])
-        time.sleep(0.05)
+    process = start_with_fault("hang", 25, train_args, ready, env=env, cwd=tmp_path)
+    wait_until_ready(process, ready)
     process.send_signal(signal.SIGKILL)
     process.communicate()
     assert not storage.exists("gs://bkt/run/metrics.json") and storage.exists("gs://bkt/run/checkpoints/checkpoint")

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from transformers import TFAutoModelForSequenceClassification, pipeline
 
-from conftest import run_cli, train_config
+from conftest import MODEL_CONFIG, batches_of, fake_plan, run_cli, small_model, train_config
 from trainer import callbacks, hub, model, train
 from trainer.errors import UsageError
 
@@ -223,3 +223,88 @@ def test_the_command_prints_progress_lines_without_a_terminal(tmp_path, small_pr
     assert [line.split()[1] for line in progress] == ["10/20", "20/20"]
     assert all(re.search(r" examples/s  MFU \d+\.\d%  ETA ", line) for line in progress), progress
     assert "epoch 1/2: steps 1-16," in result.stdout and "epoch 2/2: steps 17-20," in result.stdout   # global steps
+
+
+class Recorder:
+    """Stands in for each part the loop calls, recording (step, what) in call order."""
+
+    def __init__(self, events, what, improves=lambda step: False):
+        self.events, self.what, self.improves = events, what, improves
+        self.without_improvement, self.best = 0, type("Best", (), {"step": 0})()
+
+    def log(self, step, window, optimizer):
+        self.events.append((step, self.what))
+
+    def validate(self, step):
+        self.events.append((step, self.what))
+        self.without_improvement = 0 if self.improves(step) else self.without_improvement + 1
+
+    def save(self, step):
+        self.events.append((step, self.what))
+
+    def check_loss(self, loss, step):
+        pass
+
+
+def recorded_loop(events, total_steps, improves=lambda step: False, **settings):
+    model, plan = small_model(settings.pop("steps_per_execution", 1)), fake_plan([4] * total_steps)
+    loop = train.Loop(total_steps=total_steps, meter=callbacks.Meter(MODEL_CONFIG, np.full(plan.rows.size, 7)),
+                      logger=Recorder(events, "log"), validation=Recorder(events, "validate", improves),
+                      saver=Recorder(events, "save"), **settings)
+    loop.start_epoch(plan)
+    return loop, model
+
+
+def fit(loop, model, steps):
+    model.fit(batches_of([4] * steps), epochs=1, steps_per_epoch=steps, callbacks=[loop], verbose=0)
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_the_loop_decides_what_happens_at_each_step_in_one_order(steps_per_execution):
+    """log every 2, validate every 3, save every 4, and at the last step a log: each when a multiple is
+    crossed (a call of 4 steps crosses several at once), in the order log, validate, save."""
+    events = []
+    loop, model = recorded_loop(events, 12, log_every=2, eval_every=3, checkpoint_every=4,
+                                steps_per_execution=steps_per_execution)
+    fit(loop, model, 12)
+    if steps_per_execution == 1:
+        expected = [(2, "log"), (3, "validate"), (4, "log"), (4, "save"), (6, "log"), (6, "validate"), (8, "log"),
+                    (8, "save"), (9, "validate"), (10, "log"), (12, "log"), (12, "validate"), (12, "save")]
+    else:   # Keras calls back after steps 4, 8, 12
+        expected = [(4, "log"), (4, "validate"), (4, "save"), (8, "log"), (8, "validate"), (8, "save"),
+                    (12, "log"), (12, "validate"), (12, "save")]
+    assert events == expected
+    assert loop.step == 12 and loop.stopped_early_at is None and not loop.stopping
+
+
+def test_the_loop_stops_early_after_patience_and_on_request():
+    events = []
+    loop, model = recorded_loop(events, 12, log_every=100, eval_every=2, checkpoint_every=100, patience=2,
+                                improves=lambda step: step == 2)
+    fit(loop, model, 12)
+    assert loop.stopped_early_at == 6 and loop.step == 6            # validations at 2 (best), 4, 6: stop
+    assert [step for step, what in events if what == "validate"] == [2, 4, 6]
+
+    events.clear()
+    loop, model = recorded_loop(events, 12, log_every=100, eval_every=100, checkpoint_every=100)
+    stop_after = loop.after_step
+
+    def after_step(step, logs):
+        if step == 5:
+            loop.request_stop()          # as the SIGTERM handler does
+        stop_after(step, logs)
+    loop.after_step = after_step
+    fit(loop, model, 12)
+    assert loop.step == 5 and loop.sigterm and events == [(5, "save")]   # saved at once, then stopped
+
+
+def test_a_resumed_loop_whose_patience_was_spent_stops_at_once():
+    events = []
+    loop, _ = recorded_loop(events, 12, log_every=2, eval_every=2, checkpoint_every=4, patience=2,
+                            resumed_from_step=8)
+    assert loop.stopped_early_at is None        # a recorder's count starts at 0: patience not spent
+    validation = Recorder(events, "validate")
+    validation.without_improvement = 3
+    loop = train.Loop(total_steps=12, log_every=2, eval_every=2, checkpoint_every=4, meter=loop.meter, saver=loop.saver,
+                      validation=validation, patience=2, resumed_from_step=8)
+    assert loop.stopped_early_at == 8 and loop.stopping

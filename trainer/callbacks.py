@@ -1,13 +1,10 @@
-"""Keras callbacks of a training run: per-step scalars and progress lines, a profile window, checkpoints
-that are never written from non-finite values, and validation every N steps with the best weights and
-early stopping.
-
-Training runs one `fit` per epoch (each epoch has its own shuffled batch plan, and a resumed epoch
-starts mid-plan), so these callbacks count global steps themselves: `start_epoch` tells them the
-epoch's plan and the global step it starts at.
+"""What the training loop (`train.Loop`) calls when a step is due: the meter that counts what the steps did,
+per-step scalars and progress lines, checkpoints that are never written from non-finite values, validation
+with the best weights. None of these decides *when*: the loop does, in one place.
 """
 import csv
 import datetime
+import hashlib
 import math
 import os
 import shutil
@@ -28,6 +25,7 @@ STEP_SCALARS = ("loss", "accuracy", "learning_rate", "examples_per_sec", "real_t
                 "mfu", "mfu_real")
 VALIDATION_SCALARS = ("loss", "accuracy", "f1")
 WINDOWED = ("loss", "accuracy")
+COUNTED = ("examples", "real_tokens", "padded_tokens", "flops", "real_flops")
 
 
 def append_csv(path: str, fields, row: dict) -> None:
@@ -70,105 +68,92 @@ def drop_csv_rows_after(path: str, step: int) -> None:
         append_csv(path, header, row)
 
 
-class EpochAware(tf_keras.callbacks.Callback):
-    plan: BatchPlan | None = None
-    first_step: int = 0   # global step before this epoch's first batch
+class Meter:
+    """Counts, once, what the steps done processed: rows, real and padded tokens, model FLOPs (real and padded),
+    the rows-weighted loss and accuracy, this worker's rows in order (a digest), and the seconds inside train
+    steps. The run's first step (tracing and compilation) is timed apart: `timed` leaves it out, `done` does not.
+    A progress line reads the `window` since the last one; the run's stats read the totals."""
+
+    def __init__(self, model_config, lengths: np.ndarray, worker_index: int = 0):
+        self.model_config, self.lengths, self.worker_index = model_config, lengths, worker_index   # lengths: clipped
+        self.done = dict.fromkeys(COUNTED + WINDOWED, 0.0)
+        self.timed = dict.fromkeys(COUNTED + ("seconds",), 0.0)
+        self.first_step_seconds, self.shapes, self.truncated_rows = None, set(), 0
+        self.rows_digest = hashlib.sha256()
+        self.marks = (dict(self.done), dict(self.timed))
 
     def start_epoch(self, plan: BatchPlan, first_step: int) -> None:
-        self.plan, self.first_step = plan, first_step
+        """A fit over `plan` begins after global step `first_step` (Keras' running means start anew)."""
+        self.plan, self.first_step, self.fit_means = plan, first_step, dict.fromkeys(WINDOWED, 0.0)
+        self.rows_done = np.concatenate([[0], np.cumsum(plan.examples)])      # rows of this fit after k steps
+        self.shard_rows_done = np.concatenate([[0], np.cumsum(plan.shard_examples)])
+        self.shapes |= plan.shapes()
+        self.truncated_rows = plan.truncated_rows
 
-    def global_step(self, batch: int) -> int:
-        """Steps done after Keras reports `batch` (0-based within this fit) as finished."""
-        return self.first_step + batch + 1
-
-
-class StepLogger(EpochAware):
-    """Every log_every_steps: loss and accuracy over the steps since the last log (Keras' running means since
-    the fit began, differenced and weighted by each step's rows: exact), learning rate, examples/s, real and
-    padded tokens/s, padding efficiency, to TensorBoard (logs/train) and steps.csv, and a progress line.
-
-    Token counts come from the batch plan. Throughput counts only the time inside train steps (not validation
-    or checkpoints), and the run's first step (tracing and compilation) is timed apart (first_step_seconds).
-    """
-
-    def __init__(self, log_dir: str, csv_path: str, log_every_steps: int, total_steps: int, is_chief: bool = True):
-        super().__init__()
-        self.csv_path, self.log_every_steps, self.total_steps, self.is_chief = csv_path, log_every_steps, total_steps, is_chief
-        self.writer = tf.summary.create_file_writer(log_dir) if is_chief else None
-        self.first_step_seconds = None
-        self.totals = {"examples": 0, "real_tokens": 0, "padded_tokens": 0, "flops": 0.0, "real_flops": 0.0,
-                       "seconds": 0.0}
-        self.model_config = None
-
-    def count_flops(self, model_config, lengths, peak_flops: float) -> None:
-        """Also log model FLOP/s and MFU, on padded tokens (what the devices computed) and on real ones."""
-        self.model_config, self.lengths, self.peak_flops = model_config, lengths, peak_flops
-
-    def start_epoch(self, plan: BatchPlan, first_step: int) -> None:
-        super().start_epoch(plan, first_step)
-        self.rows_done = np.concatenate([[0], np.cumsum(plan.examples)])   # rows of this fit after k steps
-        self.logged = {"step": first_step, "rows": 0, "loss": 0.0, "accuracy": 0.0}
-        self.timed = {"step": first_step, "seconds": 0.0}
-        self.previous_step = first_step
-        self.wall = (first_step, time.perf_counter())   # the ETA counts everything: validation, checkpoints too
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.batch_start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        seconds, step = time.perf_counter() - self.batch_start, self.global_step(batch)
-        if self.first_step_seconds is None:          # the run's first call: tracing and compilation
+    def count(self, previous: int, step: int, seconds: float, logs: dict) -> None:
+        """Steps previous+1..step are done, in `seconds`; `logs` holds Keras' running means since the fit began."""
+        steps = slice(previous - self.first_step, step - self.first_step)
+        counts = {"examples": self.plan.examples[steps].sum(), "real_tokens": self.plan.real_tokens[steps].sum(),
+                  "padded_tokens": self.plan.padded_tokens[steps].sum()}
+        counts["real_flops"], counts["flops"] = flops.plan_flops(self.model_config, self.plan, self.lengths, steps)
+        rows = self.rows_done[steps.stop]
+        for key in WINDOWED:          # the running mean times the fit's rows, differenced: this step's own sum
+            total = float(logs.get(key, np.nan)) * rows
+            counts[key], self.fit_means[key] = total - self.fit_means[key], total
+        for key, value in counts.items():
+            self.done[key] += value
+        if self.first_step_seconds is None:
             self.first_step_seconds = seconds
-            self.timed = {"step": step, "seconds": 0.0}
         else:
+            for key in COUNTED:
+                self.timed[key] += counts[key]
             self.timed["seconds"] += seconds
-        if step // self.log_every_steps > self.previous_step // self.log_every_steps or step == self.total_steps:
-            self._log(step, logs or {})
-        self.previous_step = step
+        shard = self.plan.shard_rows(self.worker_index)
+        self.rows_digest.update(shard[self.shard_rows_done[steps.start]:self.shard_rows_done[steps.stop]]
+                                .astype(np.int64).tobytes())
 
-    @staticmethod
-    def _mfu_text(row: dict) -> str:
-        return f"  MFU {row['mfu']:.1%}" if "mfu" in row and row["mfu"] == row["mfu"] else ""
+    def window(self) -> dict:
+        """Mean loss and accuracy over the rows since the last window, and the rates of its timed steps."""
+        done, timed = ({key: now[key] - mark[key] for key in now} for now, mark in zip((self.done, self.timed),
+                                                                                         self.marks))
+        self.marks = (dict(self.done), dict(self.timed))
+        window = {key: done[key] / max(1, done["examples"]) for key in WINDOWED}
+        return {**window, **rates(timed)} if timed["seconds"] > 0 else window
 
-    def _window(self, step: int, logs: dict) -> dict:
-        """Mean loss and accuracy over the rows of the steps since the last log."""
-        rows = int(self.rows_done[step - self.first_step])
-        totals = {key: float(logs.get(key, np.nan)) * rows for key in WINDOWED}
-        means = {key: (totals[key] - self.logged[key]) / max(1, rows - self.logged["rows"]) for key in WINDOWED}
-        self.logged = {"step": step, "rows": rows, **totals}
-        return means
 
-    def _log(self, step: int, logs: dict) -> None:
-        row = {"step": step, **self._window(step, logs)}
-        optimizer = self.model.optimizer
+def rates(counts: dict) -> dict:
+    """Per-second rates of counts that hold their seconds (MFU divides model_flops_per_sec by the peak)."""
+    seconds = counts["seconds"]
+    return {"examples_per_sec": counts["examples"] / seconds, "real_tokens_per_sec": counts["real_tokens"] / seconds,
+            "padded_tokens_per_sec": counts["padded_tokens"] / seconds,
+            "padding_efficiency": counts["real_tokens"] / max(1, counts["padded_tokens"]),
+            "model_flops_per_sec": counts["flops"] / seconds, "model_flops_per_sec_real": counts["real_flops"] / seconds}
+
+
+class StepLogger:
+    """A log step's scalars (the meter's window, the learning rate, MFU against `peak_flops`) to TensorBoard
+    (logs/train), steps.csv and a progress line with an ETA (wall clock: validation and checkpoints count)."""
+
+    def __init__(self, log_dir: str, csv_path: str, total_steps: int, peak_flops: float, first_step: int = 0):
+        self.csv_path, self.total_steps, self.peak_flops = csv_path, total_steps, peak_flops
+        self.writer = tf.summary.create_file_writer(log_dir)
+        self.wall = (first_step, time.perf_counter())
+
+    def log(self, step: int, window: dict, optimizer) -> None:
         rate = optimizer.learning_rate
-        row["learning_rate"] = float(rate(optimizer.iterations) if callable(rate) else rate)
-        timed = slice(self.timed["step"] - self.first_step, step - self.first_step)
-        seconds = self.timed["seconds"]
-        if seconds > 0:
-            counts = {"examples": int(self.plan.examples[timed].sum()),
-                      "real_tokens": int(self.plan.real_tokens[timed].sum()),
-                      "padded_tokens": int(self.plan.padded_tokens[timed].sum()), "seconds": seconds}
-            if self.model_config is not None:
-                counts["real_flops"], counts["flops"] = flops.plan_flops(self.model_config, self.plan, self.lengths, timed)
-                row.update(model_flops_per_sec=counts["flops"] / seconds,
-                           model_flops_per_sec_real=counts["real_flops"] / seconds,
-                           mfu=flops.mfu(counts["flops"] / seconds, self.peak_flops),
-                           mfu_real=flops.mfu(counts["real_flops"] / seconds, self.peak_flops))
-            for key, value in counts.items():
-                self.totals[key] += value
-            row.update(examples_per_sec=counts["examples"] / seconds, real_tokens_per_sec=counts["real_tokens"] / seconds,
-                       padded_tokens_per_sec=counts["padded_tokens"] / seconds,
-                       padding_efficiency=counts["real_tokens"] / max(1, counts["padded_tokens"]))
+        row = {"step": step, **window, "learning_rate": float(rate(optimizer.iterations) if callable(rate) else rate)}
+        progress = ""
+        if "model_flops_per_sec" in row:
+            row.update(mfu=flops.mfu(row["model_flops_per_sec"], self.peak_flops),
+                       mfu_real=flops.mfu(row["model_flops_per_sec_real"], self.peak_flops))
             wall_step, wall_start = self.wall
             eta = datetime.timedelta(seconds=round((self.total_steps - step) * (time.perf_counter() - wall_start)
                                                    / max(1, step - wall_step)))
+            mfu = f"  MFU {row['mfu']:.1%}" if row["mfu"] == row["mfu"] else ""
+            progress = f"  {row['examples_per_sec']:.1f} examples/s{mfu}  ETA {eta}"
         self.wall = (step, time.perf_counter())
-        self.timed = {"step": step, "seconds": 0.0}
-        if not self.is_chief:
-            return
         logging.info("step %d/%d  loss %.4f  accuracy %.4f%s", step, self.total_steps, row["loss"], row["accuracy"],
-                     f"  {row['examples_per_sec']:.1f} examples/s{self._mfu_text(row)}  ETA {eta}" if seconds > 0 else "")
+                     progress)
         with self.writer.as_default(step=step):
             for name in STEP_SCALARS:
                 if name in row:
@@ -189,61 +174,22 @@ class EpochProgbar(tf_keras.callbacks.ProgbarLogger):
         self.epochs = self.run_epochs
 
 
-class Profile(EpochAware):
-    """A TensorBoard profile of global steps [start, stop], under log_dir/plugins/profile/."""
-
-    def __init__(self, log_dir: str, start: int, stop: int):
-        super().__init__()
-        self.log_dir, self.start, self.stop, self.running = log_dir, start, stop, False
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if not self.running and self.start <= self.global_step(batch) <= self.stop:
-            tf.profiler.experimental.start(self.log_dir)
-            self.running = True
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.running and self.global_step(batch) >= self.stop:
-            self.on_train_end()
-
-    def on_train_end(self, logs=None):
-        if self.running:
-            tf.profiler.experimental.stop()
-            self.running = False
-
-
-class Checkpoint(EpochAware):
-    """Save weights, optimizer and step every `every_steps` global steps (and on request), never from
-    non-finite values: a non-finite loss, or weights that are not all finite at a save, end the run with
-    Diverged naming the last checkpoint (all of whose weights were checked finite when it was written).
+class Checkpoints:
+    """Saves weights, optimizer and step, never from non-finite values: a non-finite loss, or weights or optimizer
+    state not all finite at a save, end the run with Diverged naming the last checkpoint (checked when written).
 
     Every worker must take part in a save (it runs collective ops), with the same calls: the chief's
     manager writes to the run's directory, the others' to a scratch directory emptied after each save.
     `on_saved` runs after each save (a bucket run directory uploads it).
     """
 
-    def __init__(self, manager: tf.train.CheckpointManager, every_steps: int, is_chief: bool, on_saved=lambda: None):
-        super().__init__()
-        self.manager, self.every_steps, self.is_chief, self.on_saved = manager, every_steps, is_chief, on_saved
-        self.saved_step, self.stop_requested = None, False
+    def __init__(self, model, manager: tf.train.CheckpointManager, is_chief: bool, on_saved=lambda: None):
+        self.model, self.manager, self.is_chief, self.on_saved = model, manager, is_chief, on_saved
+        self.saved_step = None
 
-    def request_stop(self, signum=None, frame=None) -> None:
-        """A signal handler (SIGTERM: preemption): save after the current step, then stop training."""
-        self.stop_requested = True
-
-    def start_epoch(self, plan: BatchPlan, first_step: int) -> None:
-        super().start_epoch(plan, first_step)
-        self.previous_step = first_step
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = self.global_step(batch)   # may advance by steps_per_execution at a time
-        loss = (logs or {}).get("loss")
+    def check_loss(self, loss, step: int) -> None:
         if loss is not None and not math.isfinite(loss):
             raise self.diverged(f"the loss became {loss} at step {step}")
-        if self.stop_requested or step // self.every_steps > self.previous_step // self.every_steps:
-            self.save(step)
-        if self.stop_requested:
-            self.model.stop_training = True
-        self.previous_step = step
 
     def diverged(self, what: str) -> Diverged:
         kept = self.manager.latest_checkpoint
@@ -330,33 +276,21 @@ class Best:
         self.checkpoint.read(os.path.join(self.save_dir, f"ckpt-{self.step}")).expect_partial()
 
 
-class Validation(EpochAware):
-    """Validate every `every_steps` global steps (and, when asked, at the end): loss, accuracy and f1 to
-    TensorBoard (logs/validation, at the global step), validation.csv and a log line; keep the best weights;
-    stop after `patience` validations without improvement. Every worker validates (it is collective under
-    multi-worker and its sums are all-reduced, so every worker takes the same decisions); the chief writes."""
+class Validation:
+    """Scores the validation split: loss, accuracy and f1 to TensorBoard (logs/validation, at the global step),
+    validation.csv and a log line; keeps the best weights; counts validations without improvement. Every worker
+    validates (it is collective under multi-worker and its sums are all-reduced, so every worker takes the same
+    decisions); the chief writes."""
 
-    def __init__(self, scorer, batches, every_steps: int, best: Best, patience: int | None, log_dir: str,
-                 csv_path: str, is_chief: bool, after_validation=lambda: None):
-        super().__init__()
-        self.scorer, self.batches, self.every_steps, self.best, self.patience = scorer, batches, every_steps, best, patience
-        self.csv_path, self.is_chief, self.after_validation = csv_path, is_chief, after_validation
+    def __init__(self, scorer, batches, best: Best, every_steps: int, log_dir: str, csv_path: str, is_chief: bool,
+                 after_validation=lambda: None):
+        self.scorer, self.batches, self.best, self.csv_path = scorer, batches, best, csv_path
+        self.is_chief, self.after_validation = is_chief, after_validation
         self.writer = tf.summary.create_file_writer(log_dir) if is_chief else None
         resumed = best.resumed_step
         logged = [int(row["step"]) for row in csv_steps(csv_path)]
         self.validated_step = resumed if resumed in logged else None     # a rerun of a finished training
         self.without_improvement = resumed // every_steps - (best.step or 0) // every_steps
-        self.stopped_early_at = resumed if patience and resumed and self.without_improvement >= patience else None
-
-    def start_epoch(self, plan: BatchPlan, first_step: int) -> None:
-        super().start_epoch(plan, first_step)
-        self.previous_step = first_step
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = self.global_step(batch)
-        if step // self.every_steps > self.previous_step // self.every_steps:
-            self.validate(step)
-        self.previous_step = step
 
     def validate(self, step: int) -> dict:
         metrics = self.scorer.score(self.batches)
@@ -365,12 +299,10 @@ class Validation(EpochAware):
         if improved:
             self.best.keep(step, metrics)
         self.without_improvement = 0 if improved else self.without_improvement + 1
-        if self.patience and self.without_improvement >= self.patience:
-            self.model.stop_training, self.stopped_early_at = True, step
         if self.is_chief:
             logging.info("validation at step %d: loss %.4f  accuracy %.4f  f1 %.4f%s", step, metrics["loss"],
                          metrics["accuracy"], metrics["f1"], "  (best so far)" if improved else
-                         f"  (best: step {self.best.step}{', stopping early' if self.stopped_early_at else ''})")
+                         f"  (best: step {self.best.step})")
             with self.writer.as_default(step=step):
                 for name in VALIDATION_SCALARS:
                     tf.summary.scalar(name, metrics[name])

@@ -11,7 +11,7 @@ import os
 import transformers
 
 from trainer import hub, rundir, runtime, schema, storage
-from trainer.config import EvaluateConfig, PredictConfig, TrainConfig
+from trainer.config import EvaluateConfig, PredictConfig, TrainConfig, check_multiple
 from trainer.data import prepare, readers
 from trainer.errors import UsageError
 
@@ -70,11 +70,8 @@ def for_train(config: TrainConfig) -> TrainInputs:
         raise UsageError(f"{config.model}'s tokenizer differs from the one {config.data_dir} was prepared with "
                          f"({data.manifest['tokenizer']['name_or_path']}): prepare the data with --model={config.model}")
     max_length = config.max_length or data.manifest["max_length"]
-    positions = hub.max_positions(checked.config)
-    if positions and max_length > positions:
-        raise UsageError(f"--max_length={max_length} is above the {positions} positions of {config.model}: lower it")
-    if config.pad_to_multiple_of and config.pad_to_multiple_of > max_length:
-        raise UsageError(f"--pad_to_multiple_of={config.pad_to_multiple_of} is above the max_length {max_length}")
+    hub.fit_max_length(checked.config, max_length, config.model)
+    check_multiple(config.pad_to_multiple_of, max_length)
     is_chief = config.strategy != "multi_worker" or runtime.multi_worker_task()[1] == 0
     return TrainInputs(data, checked, max_length, replace, is_chief)
 

@@ -70,6 +70,12 @@ def parse_step_range(text: str) -> tuple[int, int]:
     return start, stop
 
 
+def check_multiple(pad_to_multiple_of: int | None, max_length: int) -> None:
+    """--pad_to_multiple_of may not exceed max_length (given, or the prepared data's)."""
+    if pad_to_multiple_of and pad_to_multiple_of > max_length:
+        raise UsageError(f"--pad_to_multiple_of={pad_to_multiple_of} is above --max_length={max_length}: lower it")
+
+
 def shown(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
@@ -251,9 +257,8 @@ class TrainConfig(Checked):
             raise UsageError(f"--tpu goes with --strategy=tpu (or auto), not --strategy={self.strategy}")
         if self.batch_tokens is not None and self.padding != "bucket":
             raise UsageError(f"--batch_tokens sizes bucket batches: pass --padding=bucket (not {self.padding})")
-        if self.pad_to_multiple_of and self.max_length and self.pad_to_multiple_of > self.max_length:
-            raise UsageError(f"--pad_to_multiple_of={self.pad_to_multiple_of} is above --max_length="
-                             f"{self.max_length}: lower it")
+        if self.max_length:
+            check_multiple(self.pad_to_multiple_of, self.max_length)
         if self.profile_steps is not None and not 1 <= self.profile_steps[0] <= self.profile_steps[1]:
             raise UsageError(f"--profile_steps={shown(self.profile_steps)}: must be START,STOP with 1 <= START <= "
                              "STOP, e.g. 10,15")

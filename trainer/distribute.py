@@ -68,19 +68,11 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
 
 
 def worker_count_and_index(strategy: tf.distribute.Strategy) -> tuple[int, int]:
-    """(number of input pipelines, this one's index): workers for multi-worker, else (1, 0)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and resolver is not None:
-        workers = resolver.cluster_spec().as_dict()
-        count = sum(len(workers.get(kind, [])) for kind in ("chief", "worker"))
-        index = resolver.task_id + (1 if resolver.task_type == "worker" and "chief" in workers else 0)
-        return count, index
+    """(number of input pipelines, this one's index; index 0 is the chief, the one that writes): the workers of
+    TF_CONFIG for multi-worker, else (1, 0)."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return runtime.multi_worker_task()
     return 1, 0
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """The one task that writes summaries, checkpoints, metrics and exports."""
-    return worker_count_and_index(strategy)[1] == 0
 
 
 def per_replica(dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, num_workers: int):

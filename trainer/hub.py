@@ -90,9 +90,13 @@ def load_tokenizer(model_dir: str) -> transformers.PreTrainedTokenizerFast:
     return tokenizer
 
 
-def max_positions(config: transformers.PretrainedConfig) -> int | None:
-    """How many tokens the model's position embeddings hold (None if it does not say)."""
-    return getattr(config, "max_position_embeddings", None)
+def fit_max_length(config: transformers.PretrainedConfig, max_length: int, model: str, clip: bool = False) -> int:
+    """max_length within the model's position embeddings: refused above them, or (clip) lowered to them."""
+    positions = getattr(config, "max_position_embeddings", None) or max_length
+    if max_length > positions and not clip:
+        raise UsageError(f"--max_length={max_length} is above the {positions} positions of {model}: pass "
+                         f"--max_length<={positions}")
+    return min(max_length, positions)
 
 
 def check_weights(model_dir: str, tf_only: bool = False) -> str:

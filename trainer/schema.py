@@ -35,7 +35,6 @@ class Num:
 @dataclasses.dataclass(frozen=True)
 class Str:
     choices: tuple | None = None
-    name = "a text"
 
     def problem(self, value) -> str | None:
         if not isinstance(value, str) or not value:

@@ -1,7 +1,9 @@
 """run(config) -> stats: fine-tune a pretrained BERT on a prepared dataset, in named phases.
 
-  checks.for_train -> RunDir (lock) -> setup -> load_data -> build -> restore -> make_callbacks
+  checks.for_train -> RunDir (lock) -> setup -> load_data -> build -> restore -> make_loop
   -> train_loop -> finish (stats, best or last weights exported, test metrics, metrics.json)
+
+What happens at which step (log, validate, checkpoint, profile, stop) is decided in one place: `Loop.after_step`.
 
 Only the chief writes the run directory; every worker takes part in the collective steps.
 
@@ -47,10 +49,10 @@ def run(config: TrainConfig, inputs: checks.TrainInputs | None = None) -> dict:
         rundir.check_identity(run_dir, identity(config, inputs, setup), IDENTITY_FLAGS)
         trainable = build(config, inputs, setup, data, run_dir)
         try:
-            resumed_from_step = restore(config, trainable, run_dir, data)
-            hooks = make_callbacks(config, setup, data, trainable, run_dir, resumed_from_step)
-            loop = train_loop(config, setup, data, trainable, hooks, resumed_from_step)
-            return finish(config, inputs, setup, data, trainable, hooks, loop, run_dir, start)
+            run = Run(config, inputs, setup, data, trainable, run_dir, start)
+            loop = make_loop(run, restore(config, trainable, run_dir, data))
+            train_loop(run, loop)
+            return finish(run, loop)
         finally:
             if trainable.scratch:
                 shutil.rmtree(trainable.scratch, ignore_errors=True)
@@ -181,6 +183,7 @@ class Trainable:
     tokenizer: object
     checkpoint: tf.train.Checkpoint
     scratch: str | None              # other workers' directory for the saves they must take part in
+    scorer: metrics.Scorer           # validation and test, one traced step per batch shape
     manager: tf.train.CheckpointManager | None = None    # made by restore, once the checkpoints are verified
 
 
@@ -190,7 +193,8 @@ def build(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup, data: D
         classifier = model_lib.build_and_compile(inputs.model.dir, data.label_names, config, data.total_steps)
         checkpoint = tf.train.Checkpoint(model=classifier, optimizer=classifier.optimizer)
     scratch = None if setup.is_chief else tempfile.mkdtemp(prefix="worker-scratch-")   # checkpoints/, best/
-    return Trainable(classifier, inputs.model.tokenizer, checkpoint, scratch)
+    scorer = metrics.Scorer(classifier, setup.strategy, data.label_names, jit_compile=config.xla)
+    return Trainable(classifier, inputs.model.tokenizer, checkpoint, scratch, scorer)
 
 
 def restore(config: TrainConfig, trainable: Trainable, run_dir, data: Data) -> int:
@@ -241,108 +245,159 @@ def _restore(trainable: Trainable, number: int, directory: str) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Hooks:
-    keras: list                       # the callbacks every fit gets
-    step_logger: callbacks.StepLogger
-    saver: callbacks.Checkpoint
-    validation: callbacks.Validation | None
-    scorer: metrics.Scorer
+class Run:
+    """What the phases after build share."""
+    config: TrainConfig
+    inputs: checks.TrainInputs
+    setup: Setup
+    data: Data
+    trainable: Trainable
+    run_dir: rundir.RunDir
+    started: float               # time.time() at the start, for metrics.json's seconds
 
 
-def make_callbacks(config: TrainConfig, setup: Setup, data: Data, trainable: Trainable, run_dir,
-                   resumed_from_step: int) -> Hooks:
+def due(previous: int, step: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in previous+1..step (a call may run several steps)."""
+    return step // every > previous // every
+
+
+class Loop(tf_keras.callbacks.Callback):
+    """When things happen in a run, all in one place: `after_step` counts the steps just done, then logs,
+    validates, checkpoints, closes the profile and stops when each is due. Keras calls it back from each epoch's
+    fit (one per epoch: each has its own plan, and a resumed epoch starts mid-plan); SIGTERM asks it to stop."""
+
+    def __init__(self, *, total_steps: int, log_every: int, eval_every: int, checkpoint_every: int,
+                 meter: callbacks.Meter, saver: callbacks.Checkpoints, logger: callbacks.StepLogger | None = None,
+                 validation: callbacks.Validation | None = None, patience: int | None = None,
+                 profile: tuple[int, int, str] | None = None, resumed_from_step: int = 0):
+        super().__init__()
+        self.total_steps, self.log_every, self.eval_every, self.checkpoint_every = (total_steps, log_every, eval_every,
+                                                                                   checkpoint_every)
+        self.meter, self.saver, self.logger, self.validation = meter, saver, logger, validation
+        self.patience, self.profile = patience, profile          # profile: (first step, last step, log dir)
+        self.step = self.resumed_from_step = self.fit_first_step = resumed_from_step
+        self.sigterm, self.profiling, self.train_seconds = False, False, 0.0
+        self.stopped_early_at = resumed_from_step if validation and self._patience_spent() else None
+
+    def request_stop(self, signum=None, frame=None) -> None:
+        """The SIGTERM handler (preemption): save after the current step, then stop training."""
+        self.sigterm = True
+
+    @property
+    def stopping(self) -> bool:
+        return self.sigterm or self.stopped_early_at is not None
+
+    def start_epoch(self, plan) -> None:
+        self.fit_first_step = self.step
+        self.meter.start_epoch(plan, self.step)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.profile and not self.profiling and self.profile[0] <= self.step + 1 <= self.profile[1]:
+            tf.profiler.experimental.start(self.profile[2])
+            self.profiling = True
+        self.step_began = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.after_step(self.fit_first_step + batch + 1, logs or {})   # batch: this fit's last step done, from 0
+
+    def after_step(self, step: int, logs: dict) -> None:
+        """Everything that happens after training steps previous+1..step, in this order."""
+        previous, self.step = self.step, step
+        self.meter.count(previous, step, time.perf_counter() - self.step_began, logs)
+        self.saver.check_loss(logs.get("loss"), step)
+        if self.logger and (due(previous, step, self.log_every) or step == self.total_steps):
+            self.logger.log(step, self.meter.window(), self.model.optimizer)
+        if self.validation and due(previous, step, self.eval_every):
+            self.validate(step)
+        if self.sigterm or due(previous, step, self.checkpoint_every):   # after N's validation and best
+            self.saver.save(step)
+        if self.profiling and step >= self.profile[1]:
+            self.on_train_end()
+        self.model.stop_training = self.stopping
+
+    def validate(self, step: int) -> None:
+        self.validation.validate(step)
+        if self._patience_spent():
+            self.stopped_early_at = step
+            logging.info("stopping early: %d validations without improvement (best: step %d)",
+                         self.validation.without_improvement, self.validation.best.step)
+
+    def _patience_spent(self) -> bool:
+        return bool(self.patience and self.step and self.validation.without_improvement >= self.patience)
+
+    def on_train_end(self, logs=None):
+        if self.profiling:
+            tf.profiler.experimental.stop()
+            self.profiling = False
+
+
+def make_loop(run: Run, resumed_from_step: int) -> Loop:
+    """The loop and what it calls: the meter, the step logger (chief), validation with the best weights, saves."""
+    config, setup, data, trainable, run_dir = run.config, run.setup, run.data, run.trainable, run.run_dir
     logs, chief = run_dir.file(rundir.LOGS), setup.is_chief
-    step_logger = callbacks.StepLogger(os.path.join(logs, "train"), run_dir.file(rundir.STEPS_CSV),
-                                       config.log_every_steps, data.total_steps, is_chief=chief)
-    step_logger.count_flops(trainable.classifier.config, np.minimum(stream_lib.lengths_of(data.splits["train"]),
-                                                                    data.plan_args["max_length"]), setup.peak_flops)
-    saver = callbacks.Checkpoint(trainable.manager, config.checkpoint_every_steps, chief, on_saved=run_dir.sync)
-    scorer = metrics.Scorer(trainable.classifier, setup.strategy, data.label_names, jit_compile=config.xla)
-    keras = [step_logger]             # the logger first: its step time excludes the others' work
-    validation = None
+    lengths = np.minimum(stream_lib.lengths_of(data.splits["train"]), data.plan_args["max_length"])
+    meter = callbacks.Meter(trainable.classifier.config, lengths, setup.worker_index)
+    logger = callbacks.StepLogger(os.path.join(logs, "train"), run_dir.file(rundir.STEPS_CSV), data.total_steps,
+                                  setup.peak_flops, resumed_from_step) if chief else None
+    saver = callbacks.Checkpoints(trainable.classifier, trainable.manager, chief, on_saved=run_dir.sync)
+    validation, eval_every = None, config.eval_every_steps or data.steps_per_epoch
     if "validation" in data.splits:
         best = callbacks.Best(trainable.classifier, run_dir.file(rundir.BEST), config.best_metric,
                               resumed_from_step, save_dir=None if chief else os.path.join(trainable.scratch, "best"))
-        batches = setup.distribute(eval_batches(data, "validation", trainable, setup))   # iterated anew each time
-        validation = callbacks.Validation(
-            scorer, batches, config.eval_every_steps or data.steps_per_epoch, best, config.early_stopping_patience,
-            os.path.join(logs, "validation"), run_dir.file(rundir.VALIDATION_CSV), chief, run_dir.sync)
-        keras.append(validation)
-    keras.append(saver)               # after validation: a checkpoint at step N follows N's validation and best
-    if chief and config.profile_steps:
-        keras.append(callbacks.Profile(os.path.join(logs, "train"), *config.profile_steps))
-    if sys.stdout.isatty():
-        keras.append(callbacks.EpochProgbar(-(-data.total_steps // data.steps_per_epoch)))
-    for hook in keras:                # a rerun with no step left to train still saves and validates in finish
-        hook.set_model(trainable.classifier)
-    return Hooks(keras, step_logger, saver, validation, scorer)
-
-
-def eval_batches(data: Data, split: str, trainable: Trainable, setup: Setup) -> tf.data.Dataset:
-    """A whole split in the training's padding and batch sizes, in order (this worker's shard)."""
-    plan = data.plan(split, train=False)
-    return stream_lib.batches(data.splits[split], plan, trainable.classifier, trainable.tokenizer, setup.worker_index)
-
-
-@dataclasses.dataclass
-class Loop:
-    resumed_from_step: int
-    global_step: int = 0
-    shapes: set = dataclasses.field(default_factory=set)
-    real_tokens: int = 0
-    padded_tokens: int = 0
-    truncated_rows: int = 0
-    train_seconds: float = 0.0
-    rows_digest: object = dataclasses.field(default_factory=hashlib.sha256)   # this worker's rows, in order
-
-
-def train_loop(config: TrainConfig, setup: Setup, data: Data, trainable: Trainable, hooks: Hooks,
-               resumed_from_step: int) -> Loop:
-    """One fit per epoch (or what remains of it), each over its own plan, until the last step, SIGTERM or an
-    early stop."""
-    loop = Loop(resumed_from_step, global_step=resumed_from_step)
-    logging.info("training: %d replica(s), %s, %d steps per epoch, %d in all (from step %d), precision %s, xla %s, "
-                 "padding %s", setup.strategy.num_replicas_in_sync, _batch_size_text(data), data.steps_per_epoch,
-                 data.total_steps, resumed_from_step, setup.precision, config.xla, config.padding)
-    previous_handler = signal.signal(signal.SIGTERM, hooks.saver.request_stop)   # preemption: save, then stop
-    try:
-        while loop.global_step < data.total_steps and not _stopping(hooks):
-            _fit_epoch(config, setup, data, trainable, hooks, loop)
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        batches = setup.distribute(eval_batches(run, "validation"))   # iterated anew each time
+        validation = callbacks.Validation(trainable.scorer, batches, best, eval_every, os.path.join(logs, "validation"),
+                                          run_dir.file(rundir.VALIDATION_CSV), chief, run_dir.sync)
+    profile = (*config.profile_steps, os.path.join(logs, "train")) if chief and config.profile_steps else None
+    loop = Loop(total_steps=data.total_steps, log_every=config.log_every_steps, eval_every=eval_every,
+                checkpoint_every=config.checkpoint_every_steps, meter=meter, saver=saver, logger=logger,
+                validation=validation, patience=config.early_stopping_patience, profile=profile,
+                resumed_from_step=resumed_from_step)
+    loop.set_model(trainable.classifier)   # a rerun with no step left to train still saves and validates in finish
     return loop
 
 
-def _stopping(hooks: Hooks) -> bool:
-    return hooks.saver.stop_requested or bool(hooks.validation and hooks.validation.stopped_early_at)
+def eval_batches(run: Run, split: str) -> tf.data.Dataset:
+    """A split in the training's padding and batch sizes, in order (this worker's shard); with static shapes
+    (TPU) without its last partial batch."""
+    plan = run.data.plan(split, train=False)
+    return stream_lib.batches(run.data.splits[split], plan, run.trainable.classifier, run.trainable.tokenizer,
+                              run.setup.worker_index)
 
 
-def _fit_epoch(config: TrainConfig, setup: Setup, data: Data, trainable: Trainable, hooks: Hooks, loop: Loop) -> None:
-    epoch, start_step = divmod(loop.global_step, data.steps_per_epoch)
+def train_loop(run: Run, loop: Loop) -> None:
+    """One fit per epoch (or what remains of it) until the last step, SIGTERM or an early stop."""
+    setup, data = run.setup, run.data
+    logging.info("training: %d replica(s), %s, %d steps per epoch, %d in all (from step %d), precision %s, xla %s, "
+                 "padding %s", setup.strategy.num_replicas_in_sync, _batch_size_text(data), data.steps_per_epoch,
+                 data.total_steps, loop.step, setup.precision, run.config.xla, run.config.padding)
+    keras_callbacks = [loop, *([callbacks.EpochProgbar(-(-data.total_steps // data.steps_per_epoch))]
+                               if sys.stdout.isatty() else [])]
+    previous_handler = signal.signal(signal.SIGTERM, loop.request_stop)
+    try:
+        while loop.step < data.total_steps and not loop.stopping:
+            _fit_epoch(run, loop, keras_callbacks)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _fit_epoch(run: Run, loop: Loop, keras_callbacks: list) -> None:
+    data, setup, classifier = run.data, run.setup, run.trainable.classifier
+    epoch, start_step = divmod(loop.step, data.steps_per_epoch)
     plan = data.plan("train", epoch, start_step)
-    steps = min(plan.steps, data.total_steps - loop.global_step)
-    loop.shapes |= plan.shapes()
-    loop.real_tokens += int(plan.real_tokens[:steps].sum())
-    loop.padded_tokens += int(plan.padded_tokens[:steps].sum())
-    loop.truncated_rows = plan.truncated_rows
-    loop.rows_digest.update(plan.shard_rows(setup.worker_index)[:plan.shard_examples[:steps].sum()]
-                            .astype(np.int64).tobytes())
+    steps = min(plan.steps, data.total_steps - loop.step)
     logging.info("epoch %d/%d: steps %d-%d, %d distinct batch shapes, padding efficiency %.3f", epoch + 1,
-                 -(-data.total_steps // data.steps_per_epoch), loop.global_step + 1, loop.global_step + steps,
+                 -(-data.total_steps // data.steps_per_epoch), loop.step + 1, loop.step + steps,
                  len(plan.shapes()), plan.padding_efficiency)
-    if config.xla and len(plan.shapes()) > 16:
+    if run.config.xla and len(plan.shapes()) > 16:
         logging.warning("XLA compiles once per batch shape and this epoch has %d: use --padding=bucket or "
                         "--pad_to_multiple_of", len(plan.shapes()))
-    for hook in hooks.keras:
-        if isinstance(hook, callbacks.EpochAware):
-            hook.start_epoch(plan, loop.global_step)
-    dataset = stream_lib.batches(data.splits["train"], plan, trainable.classifier, trainable.tokenizer,
-                                 setup.worker_index)
+    loop.start_epoch(plan)
+    dataset = stream_lib.batches(data.splits["train"], plan, classifier, run.trainable.tokenizer, setup.worker_index)
     fit_start = time.time()
-    trainable.classifier.fit(setup.distribute(dataset.take(steps)), initial_epoch=epoch, epochs=epoch + 1,
-                             steps_per_epoch=steps, callbacks=hooks.keras, verbose=1 if sys.stdout.isatty() else 0)
+    classifier.fit(setup.distribute(dataset.take(steps)), initial_epoch=epoch, epochs=epoch + 1,
+                   steps_per_epoch=steps, callbacks=keras_callbacks, verbose=1 if sys.stdout.isatty() else 0)
     loop.train_seconds += time.time() - fit_start
-    loop.global_step = int(trainable.classifier.optimizer.iterations.numpy())
+    loop.step = int(classifier.optimizer.iterations.numpy())
 
 
 def _batch_size_text(data: Data) -> str:
@@ -351,62 +406,55 @@ def _batch_size_text(data: Data) -> str:
     return f"global batch {data.plan_args['global_batch_size']}"
 
 
-def finish(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup, data: Data, trainable: Trainable,
-           hooks: Hooks, loop: Loop, run_dir, start: float) -> dict:
+def finish(run: Run, loop: Loop) -> dict:
     """Last checkpoint; then (unless stopped by SIGTERM) the final validation, the export of the best or last
     weights, the test split scored with exactly those weights, and metrics.json written last."""
-    step = loop.global_step
-    hooks.saver.save(step)
-    stats = _stats(config, setup, data, trainable, hooks, loop)
-    if hooks.saver.stop_requested:
+    config, setup, step, validation = run.config, run.setup, loop.step, loop.validation
+    loop.saver.save(step)
+    stats = _stats(run, loop)
+    if loop.sigterm:
         logging.warning("stopped by SIGTERM at step %d of %d; checkpoint saved: rerun the same command to resume",
-                        step, data.total_steps)
+                        step, run.data.total_steps)
         return {**stats, "interrupted": True}
-    validation = hooks.validation
     if validation and validation.validated_step != step:
-        validation.validate(step)
+        loop.validate(step)
     exported = config.export or ("best" if validation else "last")
     if validation:
         stats["best"] = validation.best.summary()
     if exported == "best":
         validation.best.restore()
-    stats.update(exported=exported, weights_sha256=weights_digest(trainable.classifier))   # the exported weights
+    stats.update(exported=exported, weights_sha256=weights_digest(run.trainable.classifier))   # the exported weights
     if setup.is_chief:
-        export(trainable, inputs, storage.join(config.output_dir, rundir.EXPORT), stats)
-    if "test" in data.splits:
-        stats.update(hooks.scorer.score(setup.distribute(eval_batches(data, "test", trainable, setup))))
+        export(run.trainable, run.inputs, storage.join(config.output_dir, rundir.EXPORT), stats)
+    if "test" in run.data.splits:
+        stats.update(run.trainable.scorer.score(setup.distribute(eval_batches(run, "test"))))
     if setup.is_chief:
-        curves.draw(run_dir.path)
-    run_dir.sync()
+        curves.draw(run.run_dir.path)
+    run.run_dir.sync()
     if setup.is_chief:
-        stats.update(seconds=round(time.time() - start, 1), config=dataclasses.asdict(config))
+        stats.update(seconds=round(time.time() - run.started, 1), config=dataclasses.asdict(config))
         storage.write_json(storage.join(config.output_dir, rundir.METRICS), stats)
     return stats
 
 
-def _stats(config: TrainConfig, setup: Setup, data: Data, trainable: Trainable, hooks: Hooks, loop: Loop) -> dict:
-    logger = hooks.step_logger
-    stats = {"global_step": loop.global_step, "examples_seen": data.examples_before(loop.global_step),
+def _stats(run: Run, loop: Loop) -> dict:
+    config, setup, data, meter = run.config, run.setup, run.data, loop.meter
+    stats = {"global_step": loop.step, "examples_seen": data.examples_before(loop.step),
              "replicas": setup.strategy.num_replicas_in_sync, "strategy": distribute.strategy_name(setup.strategy),
              "mixed_precision": setup.precision, "xla": config.xla, "padding": config.padding,
              "global_batch_size": data.plan_args.get("global_batch_size"), "batch_tokens": config.batch_tokens,
-             "distinct_shapes": len(loop.shapes), "truncated_rows": loop.truncated_rows,
-             "padding_efficiency": loop.real_tokens / max(1, loop.padded_tokens),
-             "first_step_seconds": logger.first_step_seconds, "train_seconds": round(loop.train_seconds, 1),
-             "resumed_from_step": loop.resumed_from_step,
-             "stopped_early_at": hooks.validation.stopped_early_at if hooks.validation else None,
+             "distinct_shapes": len(meter.shapes), "truncated_rows": meter.truncated_rows,
+             "padding_efficiency": meter.done["real_tokens"] / max(1, meter.done["padded_tokens"]),
+             "first_step_seconds": meter.first_step_seconds, "train_seconds": round(loop.train_seconds, 1),
+             "resumed_from_step": loop.resumed_from_step, "stopped_early_at": loop.stopped_early_at,
              "worker": {"index": setup.worker_index, "count": setup.num_workers,
-                        "rows_sha256": loop.rows_digest.hexdigest()}}
-    stats.update(precision_reason=setup.precision_reason, peak_flops_per_sec=setup.peak_flops,
-                 peak_source=setup.peak_source)
-    if logger.totals["seconds"]:
-        seconds = logger.totals["seconds"]
-        stats.update(examples_per_sec=logger.totals["examples"] / seconds,
-                     real_tokens_per_sec=logger.totals["real_tokens"] / seconds,
-                     model_flops_per_sec=logger.totals["flops"] / seconds,
-                     model_flops_per_sec_real=logger.totals["real_flops"] / seconds,
-                     mfu=flops.mfu(logger.totals["flops"] / seconds, setup.peak_flops),
-                     mfu_real=flops.mfu(logger.totals["real_flops"] / seconds, setup.peak_flops))
+                        "rows_sha256": meter.rows_digest.hexdigest()},
+             "precision_reason": setup.precision_reason, "peak_flops_per_sec": setup.peak_flops,
+             "peak_source": setup.peak_source}
+    if meter.timed["seconds"]:
+        stats.update({key: value for key, value in callbacks.rates(meter.timed).items() if key != "padding_efficiency"})
+        stats.update(mfu=flops.mfu(stats["model_flops_per_sec"], setup.peak_flops),
+                     mfu_real=flops.mfu(stats["model_flops_per_sec_real"], setup.peak_flops))
     return stats
 
 

@@ -52,10 +52,7 @@ def prepare(config: PrepareConfig) -> dict:
     storage.check_writable(config.output_dir, "--output_dir", "dir")
     model_dir = hub.resolve(config.model)
     tokenizer = hub.load_tokenizer(model_dir)
-    positions = hub.max_positions(hub.load_config(model_dir))
-    if positions and config.max_length > positions:
-        raise UsageError(f"--max_length={config.max_length} is above the {positions} positions of "
-                         f"{config.model}: pass --max_length<={positions}")
+    hub.fit_max_length(hub.load_config(model_dir), config.max_length, config.model)
     settings = _settings(config, tokenizer)
     existing = storage.read_json(storage.join(config.output_dir, MANIFEST))
     if _valid(existing) and existing["settings"] == settings and _intact(config.output_dir, existing):
