@@ -29,7 +29,8 @@ class Killed(BaseException):
 
 
 def config(data, model, out, **overrides):
-    settings = dict(max_train_examples=256, checkpoint_every_steps=4, eval_every_steps=4, log_every_steps=4)
+    settings = dict(max_train_examples=256, checkpoint_every_steps=4, eval_every_steps=4, log_every_steps=4,
+                    padding="max_length")   # one batch shape: one trace per run
     return train_config(data, model, out, **{**settings, **overrides})
 
 

@@ -32,7 +32,7 @@ def evaluate(config: EvaluateConfig, inputs: checks.EvaluateInputs | None = None
 
 def _prepare_raw(config: EvaluateConfig, model: checks.Model, output_dir: str) -> prepare.Prepared:
     """The raw file tokenized with the model's tokenizer, all of it in one split; neutral rows dropped."""
-    max_length = hub.fit_max_length(model.config, config.max_length, config.model, clip=True)
+    max_length = hub.fit_max_length(model.config, config.max_length, config.model_dir, clip=True)
     manifest = prepare.prepare(PrepareConfig(
         input=config.input, format=config.format, text_column=config.text_column, label_column=config.label_column,
         encoding=config.encoding, output_dir=output_dir, model=model.dir, max_length=max_length,
