@@ -8,6 +8,7 @@ SHARED ?= ../shared
 DATA ?= $(SHARED)/data/sentiment140_sample.csv
 RUN ?=
 MODEL ?=
+TEST_WORKERS ?= 2     # pytest-xdist processes: much of a test's time is single-threaded tracing
 
 .PHONY: install train test test-gpu clean
 
@@ -23,7 +24,7 @@ train: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DATA="$(DATA)" RUN="$(RUN)" MODEL="$(MODEL)" bash scripts/demo.sh
 
 test: install
-	SHARED_DIR="$(SHARED)" $(VENV)/bin/python -m pytest
+	SHARED_DIR="$(SHARED)" $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-gpu: install
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[gpu]'

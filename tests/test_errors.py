@@ -15,7 +15,7 @@ from conftest import MINILM, ROOT, SAMPLE_CSV, write_sentiment140
 RAW_ROWS = [(0, "awful day"), (4, "lovely day"), (0, "so sad"), (4, "great news")] * 10
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def template(tmp_path_factory, small_prepared, tiny_model_dir, one_device_run):
     """raw.csv, data/ (prepared), model/ (tiny BERT), export/ (a fine-tuned model), notes/ (a user's directory)."""
     root = tmp_path_factory.mktemp("template")

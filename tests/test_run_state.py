@@ -62,7 +62,7 @@ def stopped(out, data, model, **overrides):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory, small_prepared, no_dropout_model):
     """A run stopped at step 12, another run (seed 2) stopped there too, and the uninterrupted run."""
     root = tmp_path_factory.mktemp("state")

@@ -10,7 +10,7 @@ import csv
 import math
 import os
 
-PNG = "curves.png"
+from trainer import rundir
 
 
 def read_columns(path: str) -> dict[str, list[float]]:
@@ -38,10 +38,10 @@ def draw(run_dir: str) -> str | None:
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    train = read_columns(os.path.join(run_dir, "steps.csv"))
+    train = read_columns(os.path.join(run_dir, rundir.STEPS_CSV))
     if not train.get("step"):
         return None
-    validation = read_columns(os.path.join(run_dir, "validation.csv"))
+    validation = read_columns(os.path.join(run_dir, rundir.VALIDATION_CSV))
     figure = Figure(figsize=(10, 6.5), layout="constrained")
     (loss, accuracy), (learning_rate, throughput) = figure.subplots(2, 2, sharex=True)
     for axes, name in ((loss, "loss"), (accuracy, "accuracy")):
@@ -69,7 +69,7 @@ def draw(run_dir: str) -> str | None:
     for axes in (learning_rate, throughput):
         axes.set_xlabel("step")
     figure.suptitle(os.path.normpath(run_dir))
-    path = os.path.join(run_dir, PNG)
+    path = os.path.join(run_dir, rundir.CURVES)
     staged = path + ".tmp"
     figure.savefig(staged, format="png", dpi=100)
     os.replace(staged, path)

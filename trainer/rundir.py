@@ -38,6 +38,7 @@ EXPORT = "export"
 STEPS_CSV = "steps.csv"
 VALIDATION_CSV = "validation.csv"
 LOGS = "logs"
+CURVES = "curves.png"            # drawn from the two CSVs at the end of a run
 
 CHECKPOINT_NAME = re.compile(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)$")
 LEASE_SECONDS = 90          # a bucket lock whose holder has not renewed it for this long is free

@@ -1,15 +1,16 @@
 """run(config) -> stats: fine-tune a pretrained BERT on a prepared dataset, in named phases.
 
-  checks.for_train -> RunDir (lock) -> setup -> load_data -> build -> restore -> make_loop
+  checks.for_train -> RunDir (lock) -> setup -> load_data -> check_identity -> build -> restore -> make_loop
   -> train_loop -> finish (stats, best or last weights exported, test metrics, metrics.json)
 
 What happens at which step (log, validate, checkpoint, profile, stop) is decided in one place: `Loop.after_step`.
 
 Only the chief writes the run directory; every worker takes part in the collective steps.
 
-OUTPUT_DIR/
+OUTPUT_DIR/ (file names: rundir)
+  run.json                      the run's identity: a rerun that differs in it is refused
   logs/train, logs/validation   TensorBoard: per-step scalars, validation at the global step, profile
-  steps.csv, validation.csv     the same scalars as CSV
+  steps.csv, validation.csv     the same scalars as CSV; curves.png drawn from them at the end
   checkpoints/                  weights + optimizer + step, every --checkpoint_every_steps
   best/                         the best weights by --best_metric, and best.json
   export/                       save_pretrained model + tokenizer (+ trainer.json)
@@ -334,20 +335,20 @@ class Loop(tf_keras.callbacks.Callback):
 def make_loop(run: Run, resumed_from_step: int) -> Loop:
     """The loop and what it calls: the meter, the step logger (chief), validation with the best weights, saves."""
     config, setup, data, trainable, run_dir = run.config, run.setup, run.data, run.trainable, run.run_dir
-    logs, chief = run_dir.file(rundir.LOGS), setup.is_chief
+    logs, is_chief = run_dir.file(rundir.LOGS), setup.is_chief
     lengths = np.minimum(stream_lib.lengths_of(data.splits["train"]), data.plan_args["max_length"])
     meter = callbacks.Meter(trainable.classifier.config, lengths, setup.worker_index)
     logger = callbacks.StepLogger(os.path.join(logs, "train"), run_dir.file(rundir.STEPS_CSV), data.total_steps,
-                                  setup.peak_flops, resumed_from_step) if chief else None
-    saver = callbacks.Checkpoints(trainable.classifier, trainable.manager, chief, on_saved=run_dir.sync)
+                                  setup.peak_flops, resumed_from_step) if is_chief else None
+    saver = callbacks.Checkpoints(trainable.classifier, trainable.manager, is_chief, on_saved=run_dir.sync)
     validation, eval_every = None, config.eval_every_steps or data.steps_per_epoch
     if "validation" in data.splits:
         best = callbacks.Best(trainable.classifier, run_dir.file(rundir.BEST), config.best_metric,
-                              resumed_from_step, save_dir=None if chief else os.path.join(trainable.scratch, "best"))
+                              resumed_from_step, save_dir=None if is_chief else os.path.join(trainable.scratch, "best"))
         batches = setup.distribute(eval_batches(run, "validation"))   # iterated anew each time
         validation = callbacks.Validation(trainable.scorer, batches, best, eval_every, os.path.join(logs, "validation"),
-                                          run_dir.file(rundir.VALIDATION_CSV), chief, run_dir.sync)
-    profile = (*config.profile_steps, os.path.join(logs, "train")) if chief and config.profile_steps else None
+                                          run_dir.file(rundir.VALIDATION_CSV), is_chief, run_dir.sync)
+    profile = (*config.profile_steps, os.path.join(logs, "train")) if is_chief and config.profile_steps else None
     loop = Loop(total_steps=data.total_steps, log_every=config.log_every_steps, eval_every=eval_every,
                 checkpoint_every=config.checkpoint_every_steps, meter=meter, saver=saver, logger=logger,
                 validation=validation, patience=config.early_stopping_patience, profile=profile,
