@@ -14,8 +14,9 @@ import pytest
 GPU_ENV = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}   # as the host had it, for `gpu` tests
 os.environ["CUDA_VISIBLE_DEVICES"] = ""       # before TensorFlow starts; inherited by every subprocess
 
-import trainer  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-import tensorflow as tf  # noqa: E402
+from trainer import runtime  # noqa: E402  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+tf = runtime.import_tensorflow()   # quietly, as the commands do (without it the xdist controller's stderr shows TF's)
 import tf_keras  # noqa: E402
 
 from trainer.data.stream import BatchPlan  # noqa: E402
