@@ -44,15 +44,20 @@ def patched(owner, name, replacement):
         setattr(owner, name, original)
 
 
-def stop_at(step):
-    """Training stops at `step` as after SIGTERM: the checkpoint of that step is saved, nothing is exported."""
+def at_step(step, action):
+    """action(loop) once training step `step` is done, before the loop decides what else is due then."""
     def replacement(original):
         def after_step(self, global_step, logs):
             if global_step == step:
-                self.request_stop()
+                action(self)
             original(self, global_step, logs)
         return after_step
     return patched(train.Loop, "after_step", replacement)
+
+
+def stop_at(step):
+    """Training stops at `step` as after SIGTERM: the checkpoint of that step is saved, nothing is exported."""
+    return at_step(step, train.Loop.request_stop)
 
 
 def stopped(out, data, model, **overrides):
@@ -159,14 +164,10 @@ def test_no_intact_checkpoint_is_refused_and_nothing_restarts_from_0(runs, tmp_p
 
 def infinite_moment_at(step):
     """After `step`, one of AdamW's moments becomes infinite while every weight stays finite."""
-    def replacement(original):
-        def after_step(self, global_step, logs):
-            if global_step == step:
-                moment = next(v for v in self.model.optimizer.variables() if v.shape.rank == 2)
-                moment.assign(tf.fill(moment.shape, float("inf")))
-            original(self, global_step, logs)
-        return after_step
-    return patched(train.Loop, "after_step", replacement)
+    def make_infinite(loop):
+        moment = next(v for v in loop.model.optimizer.variables() if v.shape.rank == 2)
+        moment.assign(tf.fill(moment.shape, float("inf")))
+    return at_step(step, make_infinite)
 
 
 def test_non_finite_optimizer_state_makes_a_checkpoint_unsound(runs, tmp_path, capsys):
