@@ -84,19 +84,21 @@ class Meter:
 
     def start_epoch(self, plan: BatchPlan, first_step: int) -> None:
         """A fit over `plan` begins after global step `first_step` (Keras' running means start anew)."""
-        self.plan, self.first_step, self.fit_means = plan, first_step, dict.fromkeys(WINDOWED, 0.0)
-        self.rows_done = np.concatenate([[0], np.cumsum(plan.examples)])      # rows of this fit after k steps
-        self.shard_rows_done = np.concatenate([[0], np.cumsum(plan.shard_examples)])
+        self.first_step, self.fit_means = first_step, dict.fromkeys(WINDOWED, 0.0)
+        real_flops, padded_flops = flops.step_flops(self.model_config, plan, self.lengths)
+        per_step = {"examples": plan.examples, "real_tokens": plan.real_tokens, "padded_tokens": plan.padded_tokens,
+                    "real_flops": real_flops, "flops": padded_flops}
+        self.before = {key: np.concatenate([[0], np.cumsum(values)]) for key, values in per_step.items()}  # k steps
+        self.shard_rows, self.shard_rows_before = (plan.shard_rows(self.worker_index),
+                                                   np.concatenate([[0], np.cumsum(plan.shard_examples)]))
         self.shapes |= plan.shapes()
         self.truncated_rows = plan.truncated_rows
 
     def count(self, previous: int, step: int, seconds: float, logs: dict) -> None:
         """Steps previous+1..step are done, in `seconds`; `logs` holds Keras' running means since the fit began."""
-        steps = slice(previous - self.first_step, step - self.first_step)
-        counts = {"examples": self.plan.examples[steps].sum(), "real_tokens": self.plan.real_tokens[steps].sum(),
-                  "padded_tokens": self.plan.padded_tokens[steps].sum()}
-        counts["real_flops"], counts["flops"] = flops.plan_flops(self.model_config, self.plan, self.lengths, steps)
-        rows = self.rows_done[steps.stop]
+        start, stop = previous - self.first_step, step - self.first_step
+        counts = {key: float(before[stop] - before[start]) for key, before in self.before.items()}
+        rows = self.before["examples"][stop]
         for key in WINDOWED:          # the running mean times the fit's rows, differenced: this step's own sum
             total = float(logs.get(key, np.nan)) * rows
             counts[key], self.fit_means[key] = total - self.fit_means[key], total
@@ -108,8 +110,7 @@ class Meter:
             for key in COUNTED:
                 self.timed[key] += counts[key]
             self.timed["seconds"] += seconds
-        shard = self.plan.shard_rows(self.worker_index)
-        self.rows_digest.update(shard[self.shard_rows_done[steps.start]:self.shard_rows_done[steps.stop]]
+        self.rows_digest.update(self.shard_rows[self.shard_rows_before[start]:self.shard_rows_before[stop]]
                                 .astype(np.int64).tobytes())
 
     def window(self) -> dict:

@@ -79,14 +79,21 @@ def padded_flops(config, rows, pad_lengths) -> float:
     return sequence_flops(config, np.repeat(np.asarray(pad_lengths), np.asarray(rows)))
 
 
+def step_flops(config, plan, lengths) -> tuple[np.ndarray, np.ndarray]:
+    """Per step of a batch plan, (real, padded) training FLOPs: real at each row's own length (`lengths`,
+    already clipped to max_length), padded at each shard slice's padded length. One pass over the plan."""
+    per_token, attention = 6 * non_embedding_params(config), 12 * config.num_hidden_layers * config.hidden_size
+    t = np.asarray(lengths, dtype=np.float64)[plan.rows]
+    row_sums = np.concatenate([[0.0], np.cumsum(t * (per_token + attention * t))])
+    real = np.diff(row_sums[np.concatenate([[0], np.cumsum(plan.examples)])])
+    p = plan.pad_lengths.astype(np.float64)
+    return real, (plan.shard_examples[:, None] * p * (per_token + attention * p)).sum(axis=1)
+
+
 def plan_flops(config, plan, lengths, steps: slice) -> tuple[float, float]:
-    """(real, padded) training FLOPs of a batch plan's steps: real at each row's own length (`lengths`, already
-    clipped to max_length), padded at each shard slice's padded length."""
-    offsets = np.concatenate([[0], np.cumsum(plan.examples)])
-    start, stop = offsets[steps.start], offsets[steps.stop]
-    real = sequence_flops(config, lengths[plan.rows[start:stop]])
-    rows = np.repeat(plan.examples[steps] // plan.num_shards, plan.num_shards)
-    return real, padded_flops(config, rows, plan.pad_lengths[steps].ravel())
+    """(real, padded) training FLOPs of a batch plan's steps."""
+    real, padded = step_flops(config, plan, lengths)
+    return float(real[steps].sum()), float(padded[steps].sum())
 
 
 def mfu(model_flops_per_sec: float, peak_flops_per_sec: float) -> float:
