@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 import types
 
@@ -13,6 +14,9 @@ import pytest
 
 GPU_ENV = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}   # as the host had it, for `gpu` tests
 os.environ["CUDA_VISIBLE_DEVICES"] = ""       # before TensorFlow starts; inherited by every subprocess
+# The trainer's cache (calibrations, bucket copies) of this test process and its children, never the user's: a
+# test must not read what another machine or a busy hour measured.
+os.environ["TRAINER_CACHE"] = tempfile.mkdtemp(prefix="trainer-test-cache-")
 
 from trainer import runtime  # noqa: E402  (TF_USE_LEGACY_KERAS before TensorFlow)
 
@@ -144,7 +148,8 @@ def train_config(data_dir, model_dir, output_dir, **overrides):
     from trainer.config import TrainConfig
     settings = dict(data_dir=data_dir, model=model_dir, output_dir=str(output_dir), strategy="one_device",
                     per_replica_batch_size=32, epochs=2, learning_rate=3e-3, warmup_ratio=0.1, log_every_steps=4,
-                    checkpoint_every_steps=10, seed=1)
+                    checkpoint_every_steps=10, seed=1,
+                    mixed_precision="none")   # auto's choice depends on the CPU: tests of it pin the CPU's facts
     settings.update(overrides)
     return TrainConfig(**settings)
 

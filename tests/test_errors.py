@@ -172,8 +172,80 @@ def comma_csv(ws):
     (ws / "rows.csv").write_text("text,label\ngood,1\nbad,0\n")
 
 
+def pipe_at(relative):
+    def apply(ws):
+        (ws / relative).unlink()
+        os.mkfifo(ws / relative)
+    return apply
+
+
+def export_with_nan_weights(ws):
+    import h5py
+    import numpy as np
+    with h5py.File(ws / "export" / "tf_model.h5", "r+") as f:
+        kernels = []
+        f.visititems(lambda name, item: kernels.append(name) if name.endswith("classifier/kernel:0") else None)
+        f[kernels[0]][...] = np.nan
+
+
+def edit_json(relative, **changes):
+    def apply(ws):
+        import json
+        path = ws / relative
+        content = json.loads(path.read_text())
+        for key, value in changes.items():
+            target = content
+            *parents, last = key.split(".")
+            for parent in parents:
+                target = target[parent]
+            target[last] = value
+        path.write_text(json.dumps(content))
+    return apply
+
+
+def export_without_unk(ws):
+    import json
+    tokenizer = json.loads((ws / "export" / "tokenizer.json").read_text())
+    del tokenizer["model"]["vocab"]["[UNK]"]
+    (ws / "export" / "tokenizer.json").write_text(json.dumps(tokenizer))
+
+
 BIG = str(2**63)
 CASES = {
+    # round 4: files that are not regular files, exports and data trusted blindly
+    "a pipe as the data's manifest": (train(), "data/manifest.json is not a regular file (a pipe, device or socket)",
+                                      pipe_at("data/manifest.json")),
+    "a pipe as an arrow file": (evaluate("--data_dir={ws}/data"), "test/data-00000-of-00001.arrow is not a regular",
+                                pipe_at("data/test/data-00000-of-00001.arrow")),
+    "a pipe as an export's config": (command("predict", "--model_dir={ws}/export", "hi"),
+                                     "export/config.json is not a regular file", pipe_at("export/config.json")),
+    "a pipe as an export's weights": (evaluate("--data_dir={ws}/data"), "export/tf_model.h5 is not a regular file",
+                                      pipe_at("export/tf_model.h5")),
+    "an export with nan weights, evaluated": (evaluate("--data_dir={ws}/data"),
+                                              "export/tf_model.h5 holds weights that are not finite",
+                                              export_with_nan_weights),
+    "an export with nan weights, predicting": (command("predict", "--model_dir={ws}/export", "hi"),
+                                               "holds weights that are not finite", export_with_nan_weights),
+    "an export whose config contradicts its weights": (
+        evaluate("--data_dir={ws}/data"), "export/config.json does not match its weights (",
+        edit_json("export/config.json", intermediate_size=128)),
+    "an export with fewer layers than its weights": (
+        command("predict", "--model_dir={ws}/export", "hi"), "is not in the model the config describes",
+        edit_json("export/config.json", num_hidden_layers=1)),
+    "an export whose vocabulary has no [UNK]": (evaluate("--data_dir={ws}/data"), "cannot encode an unknown word",
+                                                export_without_unk),
+    "an export whose config has fewer tokens than its tokenizer": (
+        command("predict", "--model_dir={ws}/export", "hi"), "tokenizer has 1000 tokens but its config.json's "
+        "vocab_size is 900", edit_json("export/config.json", vocab_size=900)),
+    "data of another tokenizer, evaluated": (evaluate("--data_dir={ws}/data"), "tokenizer differs from the one "
+                                             "{ws}/data was prepared with",
+                                             edit_json("data/manifest.json", **{"settings.tokenizer": "0" * 16})),
+    "data longer than the model's positions, evaluated": (evaluate("--data_dir={ws}/data"),
+                                                          "was prepared at max_length 600, above the",
+                                                          edit_json("data/manifest.json", max_length=600)),
+    "pad_to_multiple_of that pads past max_length": (train("--pad_to_multiple_of=48"),
+                                                     "would pad rows of 64 tokens to 96, past --max_length=64: pass "
+                                                     "--max_length=48"),
     # round 3: outputs that replace what is not theirs
     "evaluate output inside a training run": (evaluate("--data_dir={ws}/data", "--output={ws}/oldrun/metrics.json"),
                                               "lies inside a training run", fake_run),
@@ -396,4 +468,27 @@ def test_predict_from_a_never_ending_stdin_is_one_line(ws):
         result = subprocess.run(command("predict", f"--model_dir={ws}/export"), stdin=zeros, capture_output=True,
                                 timeout=300)
     assert_refused(result.returncode, result.stderr.decode(), "stdin holds more than 256 MiB", ws)
+    assert snapshot(ws.parent) == before
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_is_one_line_and_the_rerun_resumes(ws, namespaces, tmp_path_factory):
+    """The run directory's disk has room for the run's logs but not its first checkpoint: one line naming the
+    path and the disk, exit 2. Once there is room, the same command resumes and finishes."""
+    report = tmp_path_factory.mktemp("report")                  # outside the hashed workspace
+    full = ws / "full"
+    full.mkdir()
+    args = [a.replace("{ws}", str(ws)) for a in train("--max_steps=4", "--checkpoint_every_steps=2",
+                                                       "--mixed_precision=none", output=f"{full}/run")]
+    script = (f'mount -t tmpfs -o size=160k tmpfs "{full}" && '
+              f'{{ "$@" 2> "{report}/first.err"; echo $? > "{report}/first.status"; '
+              f'mount -o remount,size=64m "{full}"; "$@" > /dev/null 2> "{report}/second.err"; '
+              f'echo $? > "{report}/second.status"; ls "{full}/run" > "{report}/listing"; }}')
+    before = snapshot(ws.parent)
+    subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *args], capture_output=True, timeout=900,
+                   cwd=ws.parent, stdin=subprocess.DEVNULL)
+    first = (report / "first.err").read_text()
+    assert_refused(int((report / "first.status").read_text()), first, f"{full}/run/checkpoints: No space left on "
+                   f"device (the file system mounted at {full} is full): free some space", ws)
+    assert (report / "second.status").read_text().strip() == "0", (report / "second.err").read_text()[-2000:]
+    assert "metrics.json" in (report / "listing").read_text().split()
     assert snapshot(ws.parent) == before

@@ -68,18 +68,72 @@ def calibrations(tmp_path, monkeypatch):
     return calls
 
 
-def test_calibration_is_cached_per_precision(calibrations, tmp_path):
+@pytest.fixture
+def quiet(monkeypatch):
+    """A machine whose CPU (name, cores and flags) and load the test sets: `quiet.load`, `quiet.flags`."""
+    machine = type("Machine", (), {"load": 0.1, "flags": {"avx2", "fma", "sse2"}})()
+    monkeypatch.setattr(flops, "load_per_core", lambda: machine.load)
+    monkeypatch.setattr(flops, "cpu_flags", lambda: set(machine.flags))
+    monkeypatch.setattr(flops, "machine", lambda: "AMD EPYC, 2 cores")
+    return machine
+
+
+def test_calibration_is_cached_per_precision(calibrations, tmp_path, quiet):
     rate, source = flops.peak_flops("bf16", "cpu")
     assert rate == 1e11 and source.startswith("calibrated: 20") and calibrations == [("matmul", "bf16")]
     rate, source = flops.peak_flops("bf16", "cpu")
     assert rate == 1e11 and source.startswith("calibrated: cached ") and calibrations == [("matmul", "bf16")]
+    assert "at load 0.10/core" in source
     flops.peak_flops("none", "Some NPU")
     assert calibrations == [("matmul", "bf16"), ("matmul", "none")]
-    keys = list(json.loads((tmp_path / flops.CACHE_FILE).read_text()))
-    assert len(keys) == 2 and all(flops.machine() in key and "tensorflow" in key for key in keys)
+    cache = json.loads((tmp_path / flops.CACHE_FILE).read_text())
+    assert len(cache) == 2 and all("AMD EPYC, 2 cores | flags avx2,fma | tensorflow" in key for key in cache)
+    assert all(entry["load_per_core"] == 0.1 for entry in cache.values())
 
 
-def test_a_corrupt_cache_is_measured_again(calibrations, tmp_path):
+def test_two_cpus_of_one_name_have_entries_of_their_own(calibrations, tmp_path, quiet):
+    """A Zen 3 and a Zen 4 are both 'AMD EPYC': a cache shared between them (a home directory on a cluster) keeps
+    one entry each, keyed by the flags that decide the result."""
+    flops.calibrated("step speedup", "bf16")
+    quiet.flags |= {"avx512f", "avx512_bf16"}
+    flops.calibrated("step speedup", "bf16")
+    assert calibrations == [("step", "bf16")] * 2
+    keys = sorted(json.loads((tmp_path / flops.CACHE_FILE).read_text()))
+    assert [key.split(" | ")[2] for key in keys] == ["flags avx2,avx512_bf16,avx512f,fma", "flags avx2,fma"]
+
+
+def test_a_value_measured_under_load_is_measured_again_when_quieter(calibrations, quiet):
+    quiet.load = 3.0                                          # busy: measured, and remembered as busy
+    assert flops.calibrated("matmul", "none")[2] is False
+    assert flops.calibrated("matmul", "none")[2] is True      # no quieter than then: kept
+    quiet.load = 0.2
+    assert flops.calibrated("matmul", "none")[2] is False     # quieter: measured again ...
+    quiet.load = 0.1
+    assert flops.calibrated("matmul", "none")[2] is True      # ... and, measured quiet, kept
+    assert flops.calibrated("matmul", "none", fresh=True)[2] is False    # trainer-calibrate: always anew
+    assert calibrations == [("matmul", "none")] * 3
+
+
+def test_trainer_calibrate_measures_anew_and_says_so(calibrations, quiet, capsys):
+    from trainer.cli import calibrate
+    flops.calibrated("matmul", "none")
+    calibrate._main(calibrate.CalibrateConfig(), [])
+    lines = capsys.readouterr().out.splitlines()
+    assert calibrations == [("matmul", "none"), ("matmul", "none"), ("matmul", "bf16"), ("step", "bf16")]
+    assert len(lines) == 3 and lines[0].endswith("| none: 100.0 GFLOP/s (measured " + lines[0].split("measured ")[1])
+    assert "step speedup" in lines[2] and "1.50x float32's" in lines[2] and "at load 0.10/core" in lines[2]
+
+
+def test_a_cache_that_is_not_a_regular_file_is_refused(calibrations, tmp_path, quiet):
+    import os
+    from trainer.errors import UsageError
+    os.mkfifo(tmp_path / flops.CACHE_FILE)
+    with pytest.raises(UsageError, match="peak_flops.json is not a regular file"):
+        flops.calibrated("matmul", "none")          # never blocks on the pipe
+    assert calibrations == []
+
+
+def test_a_corrupt_cache_is_measured_again(calibrations, tmp_path, quiet):
     (tmp_path / flops.CACHE_FILE).write_text("{not json")
     speedup, _, cached = flops.calibrated("step speedup", "bf16")
     assert (speedup, cached) == (1.5, False) and calibrations == [("step", "bf16")]

@@ -78,8 +78,10 @@ def runs(tmp_path_factory, small_prepared, no_dropout_model):
 
 
 def snapshot(root) -> dict:
-    return {os.path.relpath(os.path.join(d, n), root): hashlib.sha256(open(os.path.join(d, n), "rb").read()).hexdigest()
-            for d, _, names in os.walk(root) for n in names if n != rundir.LOCK}
+    """Every file's sha256 (a pipe or other special file: never opened)."""
+    return {os.path.relpath(path, root): hashlib.sha256(open(path, "rb").read()).hexdigest()
+            if os.path.isfile(path) else "special"
+            for d, _, names in os.walk(root) for n in names if n != rundir.LOCK for path in [os.path.join(d, n)]}
 
 
 def best_file(run, suffix):
@@ -364,3 +366,118 @@ def test_a_run_whose_checkpoints_were_removed_says_it_starts_at_0(runs, tmp_path
     out = capsys.readouterr().out
     assert "has no checkpoint" in out and "starts at step 0" in out
     assert_finished(stats, 0)
+
+
+# ---- checkpoints and best weights that are not this run's; finishing; refusals that leave nothing ----------
+
+def _files(directory, prefix):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name.startswith(prefix)}
+
+
+def _set_aside(run_dir):
+    return {p.name: p.read_bytes() for p in (run_dir / rundir.SET_ASIDE).rglob("*") if p.is_file()}
+
+
+def test_another_runs_checkpoint_is_set_aside_and_the_run_resumes_from_its_own(runs, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    foreign = _files(runs.other / "checkpoints", "ckpt-12.")
+    for name, content in foreign.items():
+        (run_dir / "checkpoints" / name).write_bytes(content)
+    capsys.readouterr()
+    stats = train.run(config(runs.data, runs.model, run_dir))
+    out = capsys.readouterr().out
+    assert "ckpt-12 (another run's (run id " in out and "set aside in " in out, out[-2000:]
+    assert_finished(stats, 8)
+    assert stats["weights_sha256"] == runs.whole["weights_sha256"]
+    assert _set_aside(run_dir) == foreign                     # kept whole, out of the run's way
+
+
+def test_a_misnamed_checkpoint_is_set_aside_never_destroyed_and_never_read(runs, tmp_path, capsys):
+    """ckpt-14 holds step 8: intact, but not what its name says. It is passed over without being restored (a
+    deferred restore would read it later), set aside whole, and the run resumes from ckpt-12."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    misnamed = {name.replace("ckpt-8.", "ckpt-14."): content
+                for name, content in _files(run_dir / "checkpoints", "ckpt-8.").items()}
+    for name, content in misnamed.items():
+        (run_dir / "checkpoints" / name).write_bytes(content)
+    capsys.readouterr()
+    stats = train.run(config(runs.data, runs.model, run_dir))
+    assert "ckpt-14 (it holds step 8): set aside in " in capsys.readouterr().out
+    assert_finished(stats, STOP_AT)
+    assert stats["weights_sha256"] == runs.whole["weights_sha256"]
+    assert _set_aside(run_dir) == misnamed
+
+
+def test_another_runs_best_weights_are_set_aside_and_forgotten(runs, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    shutil.rmtree(run_dir / "best")
+    shutil.copytree(runs.other / "best", run_dir / "best")
+    capsys.readouterr()
+    stats = train.run(config(runs.data, runs.model, run_dir))
+    out = capsys.readouterr().out
+    assert "holds another run's best weights" in out and "the best weights so far are forgotten" in out, out[-2000:]
+    assert_finished(stats, STOP_AT)
+    assert stats["best"]["step"] == STEPS               # validation picked anew: only step 16 was validated since
+    best = json.loads((run_dir / "best" / "best.json").read_text())
+    assert best["run_id"] == json.loads((run_dir / rundir.IDENTITY).read_text())["run_id"]
+    assert any(name.endswith(".index") for name in _set_aside(run_dir))
+
+
+def test_a_run_killed_while_finishing_whose_best_json_is_then_damaged_finishes(runs, tmp_path):
+    run_dir = tmp_path / "run"
+    with patched(storage, "write_json", lambda original: lambda path, obj: (
+            (_ for _ in ()).throw(Killed) if path.endswith(rundir.METRICS) else original(path, obj))):
+        with pytest.raises(Killed):
+            train.run(config(runs.data, runs.model, run_dir))
+    (run_dir / "best" / "best.json").write_text("{")
+    stats = train.run(config(runs.data, runs.model, run_dir))
+    assert stats["global_step"] == STEPS and stats["best"]["step"] == STEPS and stats["exported"] == "best"
+
+
+def test_a_resume_whose_best_was_forgotten_trains_on_under_early_stopping(runs, tmp_path):
+    """Patience counts the validations logged since the best; with the best forgotten there are none, so the
+    resume trains (it used to count every validation since step 0 and stop before a single step)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    (run_dir / "best" / "best.json").unlink()
+    stats = train.run(config(runs.data, runs.model, run_dir, early_stopping_patience=2))
+    assert stats["resumed_from_step"] == STOP_AT and stats["global_step"] == STEPS and stats["stopped_early_at"] is None
+
+
+@pytest.mark.parametrize("window, profiled", [((2, 4), False), ((10, 14), True)])
+def test_a_profile_window_already_passed_is_not_an_error(window, profiled, runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    stats = train.run(config(runs.data, runs.model, run_dir, profile_steps=window))
+    assert_finished(stats, STOP_AT)
+    assert bool(list((run_dir / "logs" / "train").glob("plugins/profile/*/*.xplane.pb"))) == profiled
+
+
+def test_a_refused_run_leaves_an_existing_empty_directory_empty(runs, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(UsageError, match="lies outside this run's steps 1..16"):
+        train.run(config(runs.data, runs.model, run_dir, profile_steps=(40, 50)))
+    with pytest.raises(UsageError, match="no TPU found"):         # refused once TensorFlow set up the strategy
+        train.run(config(runs.data, runs.model, run_dir, strategy="tpu", tpu="local"))
+    assert list(run_dir.iterdir()) == []
+    assert_finished(train.run(config(runs.data, runs.model, run_dir)), 0)      # and the next run there starts
+
+
+@pytest.mark.parametrize("name", ["checkpoints/ckpt-12.index", "run.json", "best/best.json", ".lock"])
+def test_a_pipe_in_the_run_directory_is_refused_without_blocking(name, runs, tmp_path):
+    from conftest import run_cli
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.stopped, run_dir)
+    (run_dir / name).unlink(missing_ok=True)
+    os.mkfifo(run_dir / name)
+    before = snapshot(run_dir)
+    result = run_cli("train", f"--data_dir={runs.data}", f"--model={runs.model}", f"--output_dir={run_dir}",
+                     "--strategy=one_device", "--max_train_examples=256", "--per_replica_batch_size=32",
+                     "--mixed_precision=none", timeout=300)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+    assert f"{run_dir}/{name} is not a regular file (a pipe, device or socket)" in result.stderr
+    assert snapshot(run_dir) == before

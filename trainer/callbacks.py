@@ -175,6 +175,20 @@ class EpochProgbar(tf_keras.callbacks.ProgbarLogger):
         self.epochs = self.run_epochs
 
 
+class RunStamp(tf.train.experimental.PythonState):
+    """The run id a checkpoint carries (rundir.STAMP), so that another run's checkpoints or best weights copied
+    into a run directory are known as such before anything is restored from them."""
+
+    def __init__(self, run_id: str | None):
+        self.run_id = run_id or ""
+
+    def serialize(self):
+        return self.run_id
+
+    def deserialize(self, value):
+        pass                     # a run keeps its own id; rundir reads a file's id without restoring it
+
+
 class Checkpoints:
     """Saves weights, optimizer and step, never from non-finite values: a non-finite loss, or weights or optimizer
     state not all finite at a save, end the run with Diverged naming the last checkpoint (checked when written).
@@ -208,7 +222,10 @@ class Checkpoints:
             return
         if not model_lib.weights_are_finite(self.model):
             raise self.diverged(f"the weights or the optimizer state are not all finite after step {step}")
-        self.manager.save(checkpoint_number=step)
+        try:
+            self.manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as e:
+            raise storage.no_space(e, self.manager.directory) or e
         if not self.is_chief:
             _empty(self.manager.directory)
         self.saved_step = step
@@ -231,19 +248,23 @@ class Best:
     (saving is collective): the chief into RUN/best, the others into a scratch directory of their own.
     """
 
-    def __init__(self, classifier, run_best_dir: str, metric: str, resumed_step: int, save_dir: str | None = None):
-        self.metric, self.run_best_dir, self.resumed_step = metric, run_best_dir, resumed_step
-        self.checkpoint = tf.train.Checkpoint(layers=list(classifier.layers))   # weights only, not the optimizer
+    def __init__(self, classifier, run_best_dir: str, metric: str, resumed_step: int, run_id: str | None = None,
+                 save_dir: str | None = None, set_aside=None):
+        self.metric, self.run_best_dir, self.resumed_step, self.run_id = metric, run_best_dir, resumed_step, run_id
+        self.checkpoint = tf.train.Checkpoint(layers=list(classifier.layers), run=RunStamp(run_id))   # no optimizer
         self.save_dir, self.is_chief = save_dir or run_best_dir, save_dir is None
         self.step = self.value = None
         kept, problem = self._kept()
+        if problem and problem.startswith("holds another run's") and set_aside:
+            problem += f": set aside in {set_aside(run_best_dir, kept['step'])}"
         if problem:
             print(f"{run_best_dir} {problem}: the best weights so far are forgotten; validation picks anew", flush=True)
         elif kept and kept["step"] <= resumed_step:     # else: from steps a resume repeats
             self.step, self.value = kept["step"], kept["value"]
 
     def _kept(self) -> tuple[dict | None, str | None]:
-        """best.json if it is sound and names an intact checkpoint of this metric, and else what is wrong."""
+        """best.json if it is sound and names an intact checkpoint of this metric and this run, and else what is
+        wrong (with best.json, if it is sound, for another run's)."""
         path = os.path.join(self.run_best_dir, rundir.BEST_INFO)
         if not os.path.exists(path):
             return None, ("(best.json is missing)" if rundir.checkpoint_numbers(self.run_best_dir) else None)
@@ -253,18 +274,28 @@ class Best:
             return None, f"({rundir.BEST_INFO}: {problem})"
         if kept["metric"] != self.metric:
             return None, f"holds the best by {kept['metric']}, not {self.metric}"
-        damage = rundir.checkpoint_problem(os.path.join(self.run_best_dir, f"ckpt-{kept['step']}"))
-        return (None, f"(ckpt-{kept['step']}: {damage})") if damage else (kept, None)
+        prefix = os.path.join(self.run_best_dir, f"ckpt-{kept['step']}")
+        damage = rundir.checkpoint_problem(prefix)
+        if damage:
+            return None, f"(ckpt-{kept['step']}: {damage})"
+        owner = {kept.get("run_id"), rundir.checkpoint_run_id(prefix)}
+        if self.run_id and owner != {self.run_id}:
+            return kept, f"holds another run's best weights (run id {' / '.join(sorted(map(str, owner)))})"
+        return kept, None
 
     def improves(self, metrics: dict) -> bool:
         value = metrics[self.metric]
         return self.value is None or (value < self.value if self.metric == "loss" else value > self.value)
 
     def keep(self, step: int, metrics: dict) -> None:
-        self.checkpoint.write(os.path.join(self.save_dir, f"ckpt-{step}"))
+        try:
+            self.checkpoint.write(os.path.join(self.save_dir, f"ckpt-{step}"))
+        except (tf.errors.OpError, OSError) as e:
+            raise storage.no_space(e, self.save_dir) or e
         self.step, self.value = step, metrics[self.metric]
         if self.is_chief:
-            storage.write_json(os.path.join(self.run_best_dir, rundir.BEST_INFO), self.summary())
+            storage.write_json(os.path.join(self.run_best_dir, rundir.BEST_INFO), {**self.summary(),
+                                                                                 "run_id": self.run_id})
         for number in rundir.checkpoint_numbers(self.save_dir):
             if number != step:
                 rundir.remove_checkpoint(self.save_dir, number)
@@ -283,15 +314,17 @@ class Validation:
     validates (it is collective under multi-worker and its sums are all-reduced, so every worker takes the same
     decisions); the chief writes."""
 
-    def __init__(self, scorer, batches, best: Best, every_steps: int, log_dir: str, csv_path: str, is_chief: bool,
+    def __init__(self, scorer, batches, best: Best, log_dir: str, csv_path: str, is_chief: bool,
                  after_validation=lambda: None):
         self.scorer, self.batches, self.best, self.csv_path = scorer, batches, best, csv_path
         self.is_chief, self.after_validation = is_chief, after_validation
         self.writer = tf.summary.create_file_writer(log_dir) if is_chief else None
-        resumed = best.resumed_step
-        logged = [int(row["step"]) for row in csv_steps(csv_path)]
-        self.validated_step = resumed if resumed in logged else None     # a rerun of a finished training
-        self.without_improvement = resumed // every_steps - (best.step or 0) // every_steps
+        resumed, best_step = best.resumed_step, best.step
+        logged = [int(row["step"]) for row in csv_steps(csv_path)]     # the rows up to the resumed step
+        # A rerun of a finished training need not validate its last step again, if the best weights are known.
+        self.validated_step = resumed if resumed in logged and best_step else None
+        # Validations since the best, as logged (the interval may have changed; forgotten best weights: none).
+        self.without_improvement = sum(best_step < step <= resumed for step in logged) if best_step else 0
 
     def validate(self, step: int) -> dict:
         metrics = self.scorer.score(self.batches)

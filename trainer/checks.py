@@ -33,6 +33,9 @@ def model(name: str, flag: str = "--model", tf_only: bool = False) -> Model:
     an export (tf_only), its head matches its labels and its trainer.json is sound."""
     local = hub.resolve(name, flag)
     model_config, tokenizer = hub.load_config(local), hub.load_tokenizer(local)
+    if len(tokenizer) > model_config.vocab_size:
+        raise UsageError(f"{name}'s tokenizer has {len(tokenizer)} tokens but its config.json's vocab_size is "
+                         f"{model_config.vocab_size}: restore the model's config.json or its tokenizer files")
     weights = hub.check_weights(local, tf_only=tf_only)
     if tf_only:
         hub.check_head(weights, model_config)
@@ -66,14 +69,26 @@ def for_train(config: TrainConfig) -> TrainInputs:
         raise UsageError(f"--export=best and --early_stopping_patience need a validation split, and {config.data_dir} "
                          "has none: prepare it with --splits giving validation a share, or pass --export=last")
     checked = model(config.model)
-    if prepare.tokenizer_fingerprint(checked.tokenizer) != data.manifest["settings"]["tokenizer"]:
-        raise UsageError(f"{config.model}'s tokenizer differs from the one {config.data_dir} was prepared with "
-                         f"({data.manifest['tokenizer']['name_or_path']}): prepare the data with --model={config.model}")
+    check_model_fits_data(checked, config.model, "--model", data, config.data_dir)
     max_length = config.max_length or data.manifest["max_length"]
     hub.fit_max_length(checked.config, max_length, config.model)
     check_multiple(config.pad_to_multiple_of, max_length)
     is_chief = config.strategy != "multi_worker" or runtime.multi_worker_task()[1] == 0
     return TrainInputs(data, checked, max_length, replace, is_chief)
+
+
+def check_model_fits_data(checked: Model, name: str, flag: str, data: prepare.Prepared, data_dir: str,
+                          at_its_length: bool = False) -> None:
+    """Prepared data meets a model only if it was tokenized by that model's tokenizer (the manifest's
+    fingerprint); `at_its_length` (evaluation, which reads the data at the length it was prepared with): within
+    the model's positions."""
+    if prepare.tokenizer_fingerprint(checked.tokenizer) != data.manifest["settings"]["tokenizer"]:
+        raise UsageError(f"{name}'s tokenizer differs from the one {data_dir} was prepared with "
+                         f"({data.manifest['tokenizer']['name_or_path']}): prepare the data with {flag}={name}")
+    positions = checked.config.max_position_embeddings or data.manifest["max_length"]
+    if at_its_length and data.manifest["max_length"] > positions:
+        raise UsageError(f"{data_dir} was prepared at max_length {data.manifest['max_length']}, above the "
+                         f"{positions} positions of {name}: prepare it with --max_length<={positions}")
 
 
 def _check_run_dir(config: TrainConfig) -> bool:
@@ -118,6 +133,7 @@ def for_evaluate(config: EvaluateConfig) -> EvaluateInputs:
     if not data.manifest["splits"].get(config.split):
         raise UsageError(f"{config.data_dir} has no rows in a split {config.split!r} (it has "
                          f"{', '.join(data.manifest['splits'])}): pass --split")
+    check_model_fits_data(checked, config.model_dir, "--model", data, config.data_dir, at_its_length=True)
     if data.manifest["labels"] != checked.label_names:
         raise UsageError(f"{config.data_dir} has labels {data.manifest['labels']} but the model's head has "
                          f"{checked.label_names}: prepare the data with the same label set (e.g. without --keep_neutral)")

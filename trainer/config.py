@@ -71,9 +71,15 @@ def parse_step_range(text: str) -> tuple[int, int]:
 
 
 def check_multiple(pad_to_multiple_of: int | None, max_length: int) -> None:
-    """--pad_to_multiple_of may not exceed max_length (given, or the prepared data's)."""
+    """Padded lengths are rounded up to multiples of --pad_to_multiple_of and may never pass max_length (given, or
+    the prepared data's; it is within the model's positions), so max_length must be such a multiple."""
     if pad_to_multiple_of and pad_to_multiple_of > max_length:
         raise UsageError(f"--pad_to_multiple_of={pad_to_multiple_of} is above --max_length={max_length}: lower it")
+    if pad_to_multiple_of and max_length % pad_to_multiple_of:
+        multiple = max_length // pad_to_multiple_of * pad_to_multiple_of
+        raise UsageError(f"--pad_to_multiple_of={pad_to_multiple_of} would pad rows of {max_length} tokens to "
+                         f"{multiple + pad_to_multiple_of}, past --max_length={max_length}: pass --max_length={multiple}"
+                         " (a multiple of it), or another --pad_to_multiple_of")
 
 
 def shown(value) -> str:

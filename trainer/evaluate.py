@@ -15,7 +15,7 @@ def evaluate(config: EvaluateConfig, inputs: checks.EvaluateInputs | None = None
     """Metrics of config.model_dir on every row of config.split of config.data_dir (at the max_length it was
     prepared with: config.max_length applies only to config.input), or on the rows of config.input."""
     inputs = inputs or checks.for_evaluate(config)
-    classifier = model_lib.load_export(inputs.model.dir)
+    classifier = model_lib.load_export(inputs.model.dir, config.model_dir)
     with tempfile.TemporaryDirectory() as tmp:
         data = inputs.data or _prepare_raw(config, inputs.model, os.path.join(tmp, "data"))
         split = data.load()[config.split]

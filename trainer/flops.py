@@ -17,7 +17,6 @@ rate of a matrix product of BERT's shapes measured once per machine and precisio
 cache directory, else what the caller passes (--peak_tflops). No TensorFlow import until a measurement.
 """
 import datetime
-import json
 import os
 import platform
 import re
@@ -159,27 +158,53 @@ def cpu_flags() -> set[str]:
         return set()
 
 
-def calibrated(kind: str, precision: str) -> tuple[float, str, bool]:
-    """(value, when measured, whether it came from the cache) of MEASURES[kind] in `precision` on this machine
-    ('matmul': FLOP/s; 'step speedup': a train step's speed over float32's): measured once per CPU model, core
-    count, TensorFlow version and precision."""
+# The CPU features that decide a matrix product's rate in float32 and bf16: two CPUs sold under one name (an
+# "AMD EPYC" may be a Zen 3 without bf16 or a Zen 4 with it) differ in these, and so in their cache entries.
+DECIDING_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+                  "amx_fp16")
+BUSY_LOAD = 0.5          # load average per core above which a measurement is taken again on a quieter machine
+
+
+def cache_key(kind: str, precision: str) -> str:
+    """What decides a calibration: the kind and precision, the CPU model and cores, the deciding CPU flags, and
+    the TensorFlow version (its oneDNN kernels)."""
     import tensorflow as tf
-    from trainer import storage
-    path = os.path.join(storage.CACHE, CACHE_FILE)
-    key = f"{kind} | {machine()} | tensorflow {tf.__version__} | {precision}"
+    deciding = ",".join(sorted(set(DECIDING_FLAGS) & cpu_flags())) or "none"
+    return f"{kind} | {machine()} | flags {deciding} | tensorflow {tf.__version__} | {precision}"
+
+
+def load_per_core() -> float:
+    """The 1-minute load average per core (0 where the system does not report it)."""
     try:
-        with open(path) as f:
-            cache = json.load(f)
-    except (OSError, ValueError):
-        cache = {}
-    if isinstance(cache.get(key), dict) and {"value", "measured"} <= set(cache[key]):
-        return cache[key]["value"], cache[key]["measured"], True
-    rate = MEASURES[kind](precision)
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cache[key] = {"value": rate, "measured": when}
-    os.makedirs(storage.CACHE, exist_ok=True)
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return 0.0
+
+
+def calibrated(kind: str, precision: str, fresh: bool = False) -> tuple[float, str, bool]:
+    """(value, when and under what load measured, whether it came from the cache) of MEASURES[kind] in
+    `precision` on this machine ('matmul': FLOP/s; 'step speedup': a train step's speed over float32's),
+    cached under `cache_key`. An entry measured while the machine was busy (load per core above BUSY_LOAD) is
+    measured again once the machine is quieter than it was then; `fresh` measures again in any case
+    (trainer-calibrate)."""
+    from trainer import storage
+    path, key = os.path.join(storage.CACHE, CACHE_FILE), cache_key(kind, precision)
+    cache = storage.read_json(path)
+    cache = cache if isinstance(cache, dict) else {}
+    entry, load = cache.get(key), load_per_core()
+    usable = isinstance(entry, dict) and isinstance(entry.get("value"), (int, float)) and isinstance(
+        entry.get("measured"), str) and isinstance(entry.get("load_per_core"), (int, float))
+    if usable and not fresh and not (entry["load_per_core"] > BUSY_LOAD and load < entry["load_per_core"]):
+        return entry["value"], _when(entry), True
+    entry = {"value": MEASURES[kind](precision), "load_per_core": round(load, 2),
+             "measured": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    cache[key] = entry
     storage.write_json(path, cache)
-    return rate, when, False
+    return entry["value"], _when(entry), False
+
+
+def _when(entry: dict) -> str:
+    return f"{entry['measured']} at load {entry['load_per_core']:.2f}/core"
 
 
 def _best_seconds(function, reps: int) -> float:

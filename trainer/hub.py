@@ -22,8 +22,11 @@ def resolve(model: str, flag: str = "--model") -> str:
     if storage.is_url(model):
         if not storage.exists(storage.join(model, "config.json")):
             raise UsageError(f"{model} holds no config.json: pass a model directory saved with save_pretrained")
-        return storage.local_copy(model)
+        local = storage.local_copy(model)
+        storage.check_regular_files(local, model, "restore the model's files")
+        return local
     if os.path.isdir(model):
+        storage.check_regular_files(model, model, "restore the model's files")
         return model
     if os.path.exists(model):
         raise UsageError(f"model {model} is a file: pass its directory (config.json, tokenizer and weights)")
@@ -31,15 +34,17 @@ def resolve(model: str, flag: str = "--model") -> str:
         raise UsageError(f"model directory {model} does not exist: pass {flag}=<local directory"
                          f"{' or hub id' if flag == '--model' else ''}>")
     try:
-        return huggingface_hub.snapshot_download(model, allow_patterns=SNAPSHOT_FILES)
+        local = huggingface_hub.snapshot_download(model, allow_patterns=SNAPSHOT_FILES)
     except huggingface_hub.errors.RepositoryNotFoundError:
         raise UsageError(f"no model {model!r} on the hub and no such local directory: check --model") from None
     except (huggingface_hub.errors.LocalEntryNotFoundError, OSError) as e:
         raise UsageError(f"cannot reach the model hub for {model!r} ({type(e).__name__}): "
                          "pass a local directory with --model") from None
+    storage.check_regular_files(local, model, "remove the model's files from the hub cache to download them anew")
+    return local
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0][:160]
 
 
@@ -50,7 +55,7 @@ def load_config(model_dir: str, **overrides) -> transformers.PretrainedConfig:
     try:
         config = transformers.AutoConfig.from_pretrained(model_dir, **overrides)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UsageError(f"{model_dir} holds no usable config.json ({_first_line(e)}): {fix}") from None
+        raise UsageError(f"{model_dir} holds no usable config.json ({first_line(e)}): {fix}") from None
     where = os.path.join(model_dir, "config.json")
     schema.check({name: getattr(config, name, None) for name in schema.MODEL_SIZES}, schema.MODEL_CONFIG, where, fix)
     labels = getattr(config, "id2label", None)
@@ -79,14 +84,24 @@ def load_tokenizer(model_dir: str) -> transformers.PreTrainedTokenizerFast:
         except FileNotFoundError:
             continue
         except (OSError, ValueError) as e:
-            raise UsageError(f"{path} is damaged ({_first_line(e)}): restore the model's tokenizer files") from None
+            raise UsageError(f"{path} is damaged ({first_line(e)}): restore the model's tokenizer files") from None
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     except Exception as e:   # damaged vocabularies fail in many ways, Rust errors included
-        raise UsageError(f"{model_dir} holds no usable tokenizer ({_first_line(e)}): pass a model directory "
+        raise UsageError(f"{model_dir} holds no usable tokenizer ({first_line(e)}): pass a model directory "
                          "with its tokenizer files (tokenizer.json, or vocab.txt)") from None
     if not tokenizer.is_fast:
         raise UsageError(f"{model_dir}: only fast (Rust) tokenizers are supported; add its tokenizer.json")
+    unknown = tokenizer.unk_token
+    try:               # a text of characters no vocabulary holds: its tokens must be the unknown token
+        tokenizer("\u2603\ue000 zzqxjv")
+    except Exception as e:   # noqa: BLE001 (the Rust tokenizer fails in many ways, e.g. no [UNK] in the vocabulary)
+        raise UsageError(f"{model_dir}'s tokenizer cannot encode an unknown word ({first_line(e)}): restore its "
+                         "vocabulary (vocab.txt, tokenizer.json) with its unknown token "
+                         f"{unknown or '[UNK]'}") from None
+    if unknown is None or unknown not in tokenizer.get_vocab():
+        raise UsageError(f"{model_dir}'s vocabulary has no unknown token ({unknown or 'none named'}): restore its "
+                         "vocabulary (vocab.txt, tokenizer.json)")
     return tokenizer
 
 
@@ -110,7 +125,7 @@ def check_weights(model_dir: str, tf_only: bool = False) -> str:
                 if not len(f.keys()):
                     raise OSError("no weights in it")
         except OSError as e:
-            raise UsageError(f"{h5} is damaged ({_first_line(e)}): restore it, or save the model again with "
+            raise UsageError(f"{h5} is damaged ({first_line(e)}): restore it, or save the model again with "
                              "save_pretrained") from None
         return h5
     found = sorted(name for name in os.listdir(model_dir) if name.endswith(".safetensors"))
@@ -126,7 +141,7 @@ def check_weights(model_dir: str, tf_only: bool = False) -> str:
             with safe_open(path, framework="np") as f:
                 layout = (f.metadata() or {}).get("format")
         except (SafetensorError, OSError) as e:
-            raise UsageError(f"{path} is damaged ({_first_line(e)}): restore the model's weights") from None
+            raise UsageError(f"{path} is damaged ({first_line(e)}): restore the model's weights") from None
         if layout == "tf":
             raise UsageError(f"{path} is TF-layout safetensors: save it as tf_model.h5 (save_pretrained with "
                              "safe_serialization=False)")

@@ -66,8 +66,7 @@ def build_classifier(model_dir: str, label_names: list[str], *, classifier_dropo
     config = hub.load_config(model_dir, **overrides)
     weights = hub.check_weights(model_dir)
     if weights.endswith(".h5"):
-        classifier = transformers.TFAutoModelForSequenceClassification.from_pretrained(
-            model_dir, config=config, ignore_mismatched_sizes=True)
+        classifier = _from_h5(model_dir, config, new_head=True)
     else:
         classifier = transformers.TFAutoModelForSequenceClassification.from_config(config)
         classifier.build_in_name_scope()
@@ -76,12 +75,42 @@ def build_classifier(model_dir: str, label_names: list[str], *, classifier_dropo
     return classifier
 
 
-def load_export(model_dir: str) -> transformers.TFPreTrainedModel:
-    """A fine-tuned classifier saved by trainer-train (RUN/export) or any save_pretrained TF classifier."""
+def load_export(model_dir: str, shown: str | None = None) -> transformers.TFPreTrainedModel:
+    """A fine-tuned classifier saved by trainer-train (RUN/export) or any save_pretrained TF classifier, whose
+    config matches its weights, every one of them finite. `shown`: the directory as the user named it."""
     if not os.path.isdir(model_dir):
         raise UsageError(f"model directory {model_dir} does not exist: pass --model_dir=<run>/export")
     hub.check_weights(model_dir, tf_only=True)
-    return transformers.TFAutoModelForSequenceClassification.from_pretrained(model_dir)
+    classifier = _from_h5(model_dir, None, new_head=False, shown=shown)
+    if not weights_are_finite(classifier):
+        raise UsageError(f"{shown or model_dir}/tf_model.h5 holds weights that are not finite (nan or inf): export "
+                         "the model again from a run that did not diverge")
+    return classifier
+
+
+HEAD = {"classifier", "pre_classifier", "score"}
+
+
+def _from_h5(model_dir: str, config, new_head: bool, shown: str | None = None):
+    """from_pretrained on tf_model.h5, refusing in one line weights the config contradicts: every encoder weight
+    must be there with the config's shape and no encoder weight may be left over; with `new_head` the
+    classification head may be new or of another shape (a pretrained encoder), else it must load too."""
+    fix = "restore the model's config.json, or save the model again with save_pretrained"
+    where = f"{shown or model_dir}/config.json does not match its weights"
+    try:
+        classifier, info = transformers.TFAutoModelForSequenceClassification.from_pretrained(
+            model_dir, config=config, ignore_mismatched_sizes=new_head, output_loading_info=True)
+    except (ValueError, OSError, TypeError, KeyError) as e:
+        raise UsageError(f"{where} ({hub.first_line(e)}): {fix}") from None
+    prefix = classifier.base_model_prefix + "/"
+    wrong = [f"{key} is missing" for key in info["missing_keys"] if not (new_head and key.split("/")[0] in HEAD)]
+    wrong += [f"{key} has shape {list(found)}, the config says {list(wanted)}"
+              for key, found, wanted in info["mismatched_keys"] if not (new_head and key.split("/")[0] in HEAD)]
+    wrong += [f"{key} is not in the model the config describes" for key in info["unexpected_keys"]
+              if key.startswith(prefix) or not new_head and "/" in key]
+    if wrong:
+        raise UsageError(f"{where} ({wrong[0]}{f', and {len(wrong) - 1} more' if len(wrong) > 1 else ''}): {fix}")
+    return classifier
 
 
 def _load_pytorch_safetensors(classifier, model_dir: str) -> None:

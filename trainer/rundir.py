@@ -22,6 +22,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 
 from absl import logging
 
@@ -38,6 +39,7 @@ EXPORT = "export"
 STEPS_CSV = "steps.csv"
 VALIDATION_CSV = "validation.csv"
 LOGS = "logs"
+SET_ASIDE = "set-aside"          # intact checkpoints or best weights a run cannot use (another run's, misnamed)
 CURVES = "curves.png"            # drawn from the two CSVs at the end of a run
 
 CHECKPOINT_NAME = re.compile(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)$")
@@ -58,12 +60,12 @@ class RunDir:
         self.url, self.is_chief, self.remote = url, is_chief, storage.is_url(url)
         self.path = os.path.join(storage.CACHE, "runs", hashlib.sha256(url.encode()).hexdigest()[:24]) if self.remote else url
         self._lock = None
-        self._created = False
+        self._found: set[str] | None = None      # the names the directory held when opened (None: it did not exist)
         self._uploaded: dict[str, tuple[int, int]] = {}
 
     def __enter__(self) -> "RunDir":
         if self.is_chief:
-            self._created = not storage.exists(self.url)
+            self._found = set(self._names()) if storage.exists(self.url) else None
             self._lock = (BucketLock if self.remote else FileLock)(self.url)
         if self.remote:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -83,18 +85,30 @@ class RunDir:
         try:
             if self.is_chief and kind is None:
                 self.sync()
+            elif self.is_chief:
+                self._undo_if_nothing_trained()
         finally:
             if self._lock:
                 self._lock.release()
-            if self._created and kind is not None:
-                self._remove_if_only_the_lock()
 
-    def _remove_if_only_the_lock(self) -> None:
-        """A run refused before it wrote anything leaves nothing behind."""
-        names = set(storage.remote_files(*storage.filesystem(self.url)) if self.remote else
-                    (os.listdir(self.url) if os.path.isdir(self.url) else []))
-        if names <= {LOCK, IDENTITY}:
+    def _names(self) -> list[str]:
+        if self.remote:
+            return storage.remote_files(*storage.filesystem(self.url))
+        return os.listdir(self.url) if os.path.isdir(self.url) else []
+
+    def _undo_if_nothing_trained(self) -> None:
+        """A run refused (or stopped) before it wrote more than its lock and identity leaves the directory as it
+        found it: a directory it made is removed, in one it found only what it added goes. (The lock goes while
+        still held: a process waiting for it opens the path anew.)"""
+        found, names = self._found or set(), set(self._names())
+        added = names - found
+        if not added <= {LOCK, IDENTITY}:
+            return
+        if self._found is None:
             storage.remove_tree(self.url)
+        elif not self.remote:
+            for name in added:
+                os.remove(os.path.join(self.url, name))
 
     def _download_state(self) -> None:
         fs, path = storage.filesystem(self.url)
@@ -226,7 +240,10 @@ DIRECTORIES, FILES = (CHECKPOINTS, BEST, LOGS, EXPORT), (IDENTITY, METRICS, STEP
 
 
 def check_layout(run_dir: RunDir) -> None:
-    """Each of the run's names is the kind of thing the run writes there (a directory, or a regular file)."""
+    """Each of the run's names is the kind of thing the run writes there (a directory, or a regular file), and
+    nothing in the directory is a pipe, device or socket (reading one would block or never end)."""
+    storage.check_regular_files(run_dir.path, run_dir.url, "remove it, or pass --overwrite_output_dir to start "
+                                "afresh, or another --output_dir")
     for names, wanted, test in ((DIRECTORIES, "a directory", os.path.isdir), (FILES, "a file", os.path.isfile)):
         for name in names:
             path = run_dir.file(name)
@@ -269,6 +286,8 @@ class OutputLock:
 def _locked(path: str, owner: str):
     """An open file holding an exclusive flock on `path` (the same inode the path names after locking, so a
     holder that removes the file on release cannot let two processes in)."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise storage.not_regular(path, "remove it")
     while True:
         f = open(path, "a+")
         try:
@@ -296,9 +315,12 @@ def _locked(path: str, owner: str):
 
 # ---- identity ---------------------------------------------------------------------------------------------
 
-def check_identity(run_dir: RunDir, settings: dict, flags: dict) -> None:
-    """Record `settings` (what makes this run this run) at the run's start; on a rerun, refuse in one line any
-    difference. `flags` maps a setting to the flag that sets it, for the message."""
+def check_identity(run_dir: RunDir, settings: dict, flags: dict, legacy: dict | None = None) -> str | None:
+    """Record `settings` (what makes this run this run) and a new run id at the run's start; on a rerun, refuse
+    in one line any difference. `flags` maps a setting to the flag that sets it, for the message; `legacy` gives
+    the value a setting had before run.json recorded it. Returns the run id its checkpoints and best weights
+    carry (None for a run made before run ids were recorded)."""
+    legacy = legacy or {}
     path, recorded = run_dir.file(IDENTITY), None
     if os.path.exists(path):
         recorded = storage.read_json(path)
@@ -306,20 +328,23 @@ def check_identity(run_dir: RunDir, settings: dict, flags: dict) -> None:
         if recorded is None:
             raise UsageError(f"{run_dir.url}/{IDENTITY} is damaged (not JSON): {fix}")
         schema.check(recorded, schema.RUN_IDENTITY, f"{run_dir.url}/{IDENTITY}", fix)
-        recorded = recorded["settings"]
+        run_id, recorded = recorded.get("run_id"), {**legacy, **recorded["settings"]}
     elif has_checkpoints(run_dir):
         raise UsageError(f"{run_dir.url} holds checkpoints but no {IDENTITY} saying which settings made them: restore "
                          "the file, or pass --overwrite_output_dir to start afresh, or another --output_dir")
     if recorded is None:
-        if run_dir.is_chief:
-            storage.write_json(path, {"format": 1, "settings": settings})
-        return
+        if not run_dir.is_chief:
+            return None          # the chief writes run.json; a worker's own saves are scratch copies
+        run_id = uuid.uuid4().hex
+        storage.write_json(path, {"format": 1, "run_id": run_id, "settings": settings})
+        return run_id
     differing = [name for name in sorted(set(settings) | set(recorded)) if settings.get(name) != recorded.get(name)]
     if differing:
         shown = "; ".join(f"{flags.get(name, name)} was {_text(recorded.get(name), settings.get(name))}, now "
                           f"{_text(settings.get(name), recorded.get(name))}" for name in differing)
         raise UsageError(f"{run_dir.url} is a run with other settings ({shown}): rerun with the recorded values to "
                          "resume it, or pass --overwrite_output_dir to start afresh, or another --output_dir")
+    return run_id
 
 
 def _text(value, other) -> str:
@@ -362,11 +387,47 @@ def checkpoint_problem(prefix: str) -> str | None:
     return None
 
 
+STAMP = "run/.ATTRIBUTES/py_state"      # the run id a checkpoint carries (callbacks.RunStamp)
+
+
+def checkpoint_run_id(prefix: str) -> str | None:
+    """The run id an (intact) checkpoint carries, or None."""
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(prefix)
+    return reader.get_tensor(STAMP).decode() or None if STAMP in reader.get_variable_to_dtype_map() else None
+
+
+def not_this_runs(prefix: str, number: int, run_id: str | None) -> str | None:
+    """Why an intact checkpoint is not this run's checkpoint `number`, or None: another run's id, or a step
+    that is not its number. Read from the file alone: nothing is restored."""
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(prefix)
+    names = reader.get_variable_to_dtype_map()
+    stamp = checkpoint_run_id(prefix)
+    if run_id and stamp != run_id:
+        return f"another run's ({'run id ' + stamp if stamp else 'no run id'}; this run's is {run_id})"
+    step = next((int(reader.get_tensor(n)) for n in names if n.startswith("optimizer/")
+                 and n.endswith("/iter/.ATTRIBUTES/VARIABLE_VALUE")), None)
+    return None if step == number else f"it holds step {step}"
+
+
 def remove_checkpoint(directory: str, number: int) -> None:
     for name in os.listdir(directory):
         m = CHECKPOINT_NAME.match(name)
         if m and int(m.group(1)) == number:
             os.remove(os.path.join(directory, name))
+
+
+def set_aside(run_dir: "RunDir", directory: str, number: int) -> str:
+    """Move an intact checkpoint this run cannot use out of its way, into RUN/set-aside/<kind>/ (a later one of
+    the same name goes beside it, numbered). Returns where it went, as the user names the run."""
+    kind = os.path.basename(directory)
+    target = storage.new_dir(run_dir.file(SET_ASIDE), f"{kind}-ckpt-{number}-")
+    for name in os.listdir(directory):
+        m = CHECKPOINT_NAME.match(name)
+        if m and int(m.group(1)) == number:
+            os.rename(os.path.join(directory, name), os.path.join(target, name))
+    return f"{run_dir.url}/{SET_ASIDE}/{os.path.basename(target)}"
 
 
 def point_to(directory: str, numbers: list[int]) -> None:

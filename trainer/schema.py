@@ -140,9 +140,9 @@ MANIFEST = {
     "splits": Map(Int(0), at_least=1),
     "files": Map({"bytes": Int(0), "sha256": SHA256}, at_least=1),
 }
-BEST = {"step": Int(1), "metric": Str(("accuracy", "loss", "f1")), "value": Num()}
+BEST = {"step": Int(1), "metric": Str(("accuracy", "loss", "f1")), "value": Num(), "run_id": Maybe(Str())}
 EXPORT_INFO = {"data_source_sha256": SHA256, "global_step": Int(0), "weights": Str(("best", "last"))}
-RUN_IDENTITY = {"format": Int(1, 1), "settings": Map(Maybe(Value()), at_least=1)}
+RUN_IDENTITY = {"format": Int(1, 1), "run_id": Maybe(Str()), "settings": Map(Maybe(Value()), at_least=1)}
 MODEL_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size",
                "max_position_embeddings")
 MODEL_CONFIG = {name: Int(1) if name in MODEL_SIZES[:4] else Maybe(Int(1)) for name in MODEL_SIZES}

@@ -8,6 +8,7 @@ them complete last. Local outputs are staged beside their final place and rename
 follows the umask. Output paths are checked here too, before anything is written.
 """
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -99,11 +100,30 @@ def exists(path: str) -> bool:
 
 
 def read_bytes(path: str) -> bytes:
+    """A file's bytes. A local path must name a regular file: it is opened without blocking and checked before
+    it is read (a pipe would block the read forever, a device never end)."""
     if not is_url(path):
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise not_regular(path)
             return f.read()
     fs, p = filesystem(path)
     return fs.cat_file(p)
+
+
+def not_regular(path: str, fix: str = "remove it") -> UsageError:
+    return UsageError(f"{path} is not a regular file (a pipe, device or socket): {fix}")
+
+
+def check_regular_files(directory: str, shown: str, fix: str) -> None:
+    """Every entry under a local directory is a directory or a regular file, checked before anything in it is
+    opened (a pipe where a file should be would block its reader). `shown`: the directory as the user named it."""
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+                raise not_regular(os.path.join(shown, os.path.relpath(path, directory)), fix)
 
 
 def read_json(path: str):
@@ -117,6 +137,22 @@ def read_json(path: str):
 def named(error: OSError, path: str) -> OSError:
     """The error, naming `path` if the operating system's report named no file (e.g. a full disk mid-write)."""
     return error if error.filename else OSError(error.errno, error.strerror or str(error), path)
+
+
+def no_space(error: Exception, path: str) -> OSError | None:
+    """The error as an OSError naming `path` if it says the disk is full (TensorFlow and h5py report it in their
+    own types), else None."""
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    return None
+
+
+def mount_point(path: str) -> str:
+    """The mount point of the file system holding a local path (its nearest existing ancestor)."""
+    path = os.path.abspath(path)
+    while not (os.path.exists(path) and os.path.ismount(path)) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
 
 
 def write_bytes(path: str, data: bytes) -> None:

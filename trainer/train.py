@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+from functools import partial
 
 import numpy as np
 import tensorflow as tf
@@ -47,11 +48,12 @@ def run(config: TrainConfig, inputs: checks.TrainInputs | None = None) -> dict:
         rundir.check_layout(run_dir)
         setup = make_setup(config)
         data = load_data(config, inputs, setup)
-        rundir.check_identity(run_dir, identity(config, inputs, setup), IDENTITY_FLAGS)
-        trainable = build(config, inputs, setup, data, run_dir)
+        check_profile_window(config, data)
+        run_id = rundir.check_identity(run_dir, identity(config, inputs, setup), IDENTITY_FLAGS, LEGACY_IDENTITY)
+        trainable = build(config, inputs, setup, data, run_id)
         try:
-            run = Run(config, inputs, setup, data, trainable, run_dir, start)
-            loop = make_loop(run, restore(config, trainable, run_dir, data))
+            run = Run(config, inputs, setup, data, trainable, run_dir, run_id, start)
+            loop = make_loop(run, restore(trainable, run_dir, run_id))
             train_loop(run, loop)
             return finish(run, loop)
         finally:
@@ -156,6 +158,8 @@ def load_data(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup) -> 
 # What makes a run this run (rundir.check_identity): a rerun that differs in any of these is refused. Everything
 # else may change on a resume: log/eval/checkpoint intervals, profiling, steps_per_execution, xla, export,
 # early stopping, and the strategy as long as replicas and workers stay the same.
+LEGACY_IDENTITY = {}     # the value of a setting for runs whose run.json predates it
+
 IDENTITY_FLAGS = {"data": "--data_dir (its content)", "model": "--model (its shape)", "replicas": "replicas",
                   "workers": "workers", "mixed_precision": "--mixed_precision (as resolved)",
                   **{name: f"--{name}" for name in (
@@ -188,61 +192,86 @@ class Trainable:
     manager: tf.train.CheckpointManager | None = None    # made by restore, once the checkpoints are verified
 
 
-def build(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup, data: Data, run_dir) -> Trainable:
-    """The classifier, optimizer and checkpoint, made inside the strategy's scope."""
+def build(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup, data: Data, run_id: str | None) -> Trainable:
+    """The classifier, optimizer (its state made now: a restore then reads everything at once, never later) and
+    a checkpoint that carries the run's id, made inside the strategy's scope."""
     with setup.strategy.scope():
         classifier = model_lib.build_and_compile(inputs.model.dir, data.label_names, config, data.total_steps)
-        checkpoint = tf.train.Checkpoint(model=classifier, optimizer=classifier.optimizer)
+        classifier.optimizer._create_all_weights(classifier.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=classifier, optimizer=classifier.optimizer,
+                                         run=callbacks.RunStamp(run_id))
     scratch = None if setup.is_chief else tempfile.mkdtemp(prefix="worker-scratch-")   # checkpoints/, best/
     scorer = metrics.Scorer(classifier, setup.strategy, data.label_names, jit_compile=config.xla)
     return Trainable(classifier, inputs.model.tokenizer, checkpoint, scratch, scorer)
 
 
-def restore(config: TrainConfig, trainable: Trainable, run_dir, data: Data) -> int:
-    """Resume from the newest intact checkpoint (one that reads back whole, all finite, and fits the model); say
-    which were passed over and why; refuse if checkpoints exist and none is intact. Return the step resumed."""
-    directory, step, damaged = run_dir.file(rundir.CHECKPOINTS), 0, {}
+def restore(trainable: Trainable, run_dir, run_id: str | None) -> int:
+    """Resume from the newest usable checkpoint: intact (it reads back whole, all finite), this run's (its run id,
+    its step equal to its number) and fitting the model. Damaged ones newer than it are removed, intact ones this
+    run cannot use are set aside (RUN/set-aside/), each said in one line. Refuse if checkpoints exist and none is
+    intact and fitting. Return the step resumed from."""
+    directory, step, damaged, unusable = run_dir.file(rundir.CHECKPOINTS), 0, {}, {}
     numbers = rundir.checkpoint_numbers(directory)
     for number in numbers:
-        problem = (rundir.checkpoint_problem(os.path.join(directory, f"ckpt-{number}"))
-                   or _restore(trainable, number, directory))
-        if problem is None:
+        prefix = os.path.join(directory, f"ckpt-{number}")
+        problem = rundir.checkpoint_problem(prefix)
+        if problem:
+            damaged[number] = problem
+        elif other := rundir.not_this_runs(prefix, number, run_id) or _restore(trainable, prefix):
+            unusable[number] = other
+        else:
             step = number
             break
-        damaged[number] = problem
-    listed = "; ".join(f"ckpt-{number} ({problem})" for number, problem in damaged.items())
-    if (damaged or rundir.has_checkpoints(run_dir)) and not step:
-        raise UsageError(f"{run_dir.url}/{rundir.CHECKPOINTS} holds no intact checkpoint{': ' + listed if listed else ''}"
-                         ": restore the files, or pass --overwrite_output_dir to start afresh")
-    if damaged:
-        print(f"passed over damaged checkpoints, resuming from ckpt-{step}: {listed}", flush=True)
-    if step and run_dir.is_chief:         # the damaged ones go; the pointer file (maybe damaged too) is written anew
-        for number in damaged:
-            rundir.remove_checkpoint(directory, number)
-        rundir.point_to(directory, sorted(n for n in numbers if n <= step and n not in damaged))
+    unfit = {n: why for n, why in unusable.items() if not why.startswith(("another run's", "it holds step"))}
+    if (damaged or unfit) and not step:
+        listed = "; ".join(f"ckpt-{n} ({why})" for n, why in {**damaged, **unusable}.items())
+        raise UsageError(f"{run_dir.url}/{rundir.CHECKPOINTS} holds no intact checkpoint of this run: {listed}: "
+                         "restore the files, or pass --overwrite_output_dir to start afresh")
+    if run_dir.is_chief:
+        _put_away(run_dir, directory, damaged, unusable, step)
+        if step:
+            rundir.point_to(directory, sorted(n for n in numbers if n <= step and n not in damaged))
     if step:
         logging.info("resumed from %s", os.path.join(directory, f"ckpt-{step}"))
     elif callbacks.csv_steps(run_dir.file(rundir.STEPS_CSV)):
-        print(f"{run_dir.url} has no checkpoint (the run stopped before its first, or they were removed): training "
-              "starts at step 0", flush=True)
+        print(f"{run_dir.url} has no checkpoint of this run (the run stopped before its first, or they were removed):"
+              " training starts at step 0", flush=True)
     trainable.manager = tf.train.CheckpointManager(trainable.checkpoint, os.path.join(
         trainable.scratch or run_dir.path, rundir.CHECKPOINTS), max_to_keep=2)
-    if config.profile_steps and not step < config.profile_steps[1] <= data.total_steps:
-        raise UsageError(f"--profile_steps={config.profile_steps[0]},{config.profile_steps[1]} lies outside this "
-                         f"run's steps {step + 1}..{data.total_steps}: choose steps inside it")
     for name in (rundir.STEPS_CSV, rundir.VALIDATION_CSV):
         callbacks.drop_csv_rows_after(run_dir.file(name), step)
     return step
 
 
-def _restore(trainable: Trainable, number: int, directory: str) -> str | None:
-    """Restore ckpt-<number> into the model and optimizer; why it does not fit, or None."""
+def _put_away(run_dir, directory: str, damaged: dict, unusable: dict, step: int) -> None:
+    """Remove the damaged checkpoints, set the intact unusable ones aside; one line each kind."""
+    if damaged:
+        for number in damaged:
+            rundir.remove_checkpoint(directory, number)
+        print(f"passed over damaged checkpoints, resuming from ckpt-{step}: " + "; ".join(
+            f"ckpt-{n} ({why})" for n, why in damaged.items()) + " (removed)", flush=True)
+    if unusable:
+        print(f"passed over checkpoints this run cannot use, {f'resuming from ckpt-{step}' if step else 'none left'}: "
+              + "; ".join(f"ckpt-{n} ({why}): set aside in {rundir.set_aside(run_dir, directory, n)}"
+                          for n, why in unusable.items()), flush=True)
+
+
+def check_profile_window(config: TrainConfig, data: Data) -> None:
+    """A profile window must end within the run's steps (a window a resumed run has already passed is skipped:
+    make_loop)."""
+    if config.profile_steps and config.profile_steps[1] > data.total_steps:
+        raise UsageError(f"--profile_steps={config.profile_steps[0]},{config.profile_steps[1]} lies outside this "
+                         f"run's steps 1..{data.total_steps}: choose steps inside it")
+
+
+def _restore(trainable: Trainable, prefix: str) -> str | None:
+    """Restore a checkpoint into the model and optimizer (whose state exists: nothing is deferred); why it does
+    not fit, or None."""
     try:
-        trainable.checkpoint.restore(os.path.join(directory, f"ckpt-{number}")).expect_partial()
+        trainable.checkpoint.restore(prefix).expect_partial()
     except Exception as e:  # noqa: BLE001 (whatever does not fit the model makes the checkpoint unusable)
-        return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-    held = int(trainable.classifier.optimizer.iterations.numpy())
-    return None if held == number else f"it holds step {held}"
+        return "it does not fit the model: " + (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +283,7 @@ class Run:
     data: Data
     trainable: Trainable
     run_dir: rundir.RunDir
+    run_id: str | None           # what its checkpoints and best weights carry
     started: float               # time.time() at the start, for metrics.json's seconds
 
 
@@ -343,12 +373,17 @@ def make_loop(run: Run, resumed_from_step: int) -> Loop:
     saver = callbacks.Checkpoints(trainable.classifier, trainable.manager, is_chief, on_saved=run_dir.sync)
     validation, eval_every = None, config.eval_every_steps or data.steps_per_epoch
     if "validation" in data.splits:
-        best = callbacks.Best(trainable.classifier, run_dir.file(rundir.BEST), config.best_metric,
-                              resumed_from_step, save_dir=None if is_chief else os.path.join(trainable.scratch, "best"))
+        best = callbacks.Best(trainable.classifier, run_dir.file(rundir.BEST), config.best_metric, resumed_from_step,
+                              run.run_id, save_dir=None if is_chief else os.path.join(trainable.scratch, "best"),
+                              set_aside=partial(rundir.set_aside, run_dir) if is_chief else None)
         batches = setup.distribute(eval_batches(run, "validation"))   # iterated anew each time
-        validation = callbacks.Validation(trainable.scorer, batches, best, eval_every, os.path.join(logs, "validation"),
+        validation = callbacks.Validation(trainable.scorer, batches, best, os.path.join(logs, "validation"),
                                           run_dir.file(rundir.VALIDATION_CSV), is_chief, run_dir.sync)
     profile = (*config.profile_steps, os.path.join(logs, "train")) if is_chief and config.profile_steps else None
+    if profile and profile[1] <= resumed_from_step:
+        logging.info("--profile_steps=%d,%d: those steps were trained before step %d, where this run resumes: "
+                     "nothing to profile", *config.profile_steps, resumed_from_step)
+        profile = None
     loop = Loop(total_steps=data.total_steps, log_every=config.log_every_steps, eval_every=eval_every,
                 checkpoint_every=config.checkpoint_every_steps, meter=meter, saver=saver, logger=logger,
                 validation=validation, patience=config.early_stopping_patience, profile=profile,
@@ -417,7 +452,7 @@ def finish(run: Run, loop: Loop) -> dict:
         logging.warning("stopped by SIGTERM at step %d of %d; checkpoint saved: rerun the same command to resume",
                         step, run.data.total_steps)
         return {**stats, "interrupted": True}
-    if validation and validation.validated_step != step:
+    if validation and (validation.validated_step != step or validation.best.step is None):
         loop.validate(step)
     exported = config.export or ("best" if validation else "last")
     if validation:
@@ -463,7 +498,10 @@ def export(trainable: Trainable, inputs: checks.TrainInputs, export_dir: str, st
     """save_pretrained model + tokenizer, and trainer.json (which data, which weights), staged and put in place
     whole (renamed beside it, or uploaded to a bucket)."""
     with storage.staged_dir(export_dir, last="tf_model.h5") as staged:
-        trainable.classifier.save_pretrained(staged)
+        try:
+            trainable.classifier.save_pretrained(staged)
+        except (OSError, RuntimeError) as e:       # h5py says a full disk in its own words
+            raise storage.no_space(e, export_dir) or e
         trainable.tokenizer.save_pretrained(staged)
         storage.write_json(os.path.join(staged, "trainer.json"), {
             "data_source_sha256": inputs.data.manifest["source"]["sha256"], "global_step": stats["global_step"],

@@ -100,6 +100,9 @@ def os_error_line(error: OSError) -> str:
             errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
             errno.EISDIR: "pass a file path", errno.ENOTDIR: "pass a path whose parents are directories",
             errno.EFBIG: "raise the file-size limit or write elsewhere"}.get(error.errno, "check the path")
+    if error.errno == errno.ENOSPC and path and "://" not in path:
+        from trainer import storage
+        reason += f" (the file system mounted at {storage.mount_point(path)} is full)"
     return f"{path}: {reason}: {hint}" if path else f"{reason}: {hint}"
 
 

@@ -48,7 +48,7 @@ def _main(config: PredictConfig, arguments) -> None:
     runtime.import_tensorflow()
     from trainer import model as model_lib
     from trainer import predict
-    classifier = model_lib.load_export(model.dir)
+    classifier = model_lib.load_export(model.dir, config.model_dir)
     max_length = hub.fit_max_length(model.config, config.max_length, config.model_dir, clip=True)
     for label, probability, text in predict.predict(classifier, model.tokenizer, texts, config.batch_size, max_length):
         print(f"{label}\t{probability:.4f}\t{text}")

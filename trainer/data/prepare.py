@@ -242,6 +242,7 @@ def open_prepared(data_dir: str) -> Prepared:
         raise UsageError(f"{data_dir} is not a prepared dataset (no {MANIFEST}): make it with trainer-prepare "
                          "--output_dir=...")
     local = storage.local_copy(data_dir)
+    storage.check_regular_files(local, data_dir, "run trainer-prepare again with --overwrite")
     manifest = storage.read_json(os.path.join(local, MANIFEST))
     where, fix = storage.join(data_dir, MANIFEST), "run trainer-prepare again with --overwrite"
     if not isinstance(manifest, dict):
