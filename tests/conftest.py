@@ -47,11 +47,14 @@ def fake_plan(sizes, length=10, real_per_row=7.5):
                      real_tokens=(sizes * real_per_row).astype(int), num_shards=1, padding="bucket", max_length=length)
 
 
-def small_model(steps_per_execution=1):
+def small_model(steps_per_execution=1, learning_rate=0.1):
+    """A Dense(2) on 3 features with the trainer's own train step (step.OptimizerStep), as the loop expects."""
+    from trainer import step
     tf_keras.utils.set_random_seed(0)
     model = tf_keras.Sequential([tf_keras.layers.Dense(2)])
-    model.compile(optimizer=tf_keras.optimizers.legacy.SGD(0.1), steps_per_execution=steps_per_execution,
-                  loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.build((None, 3))
+    model.compile(optimizer=tf_keras.optimizers.legacy.SGD(learning_rate), steps_per_execution=steps_per_execution)
+    model.train_step = step.OptimizerStep(model, step.StepSettings(), lambda m, x, training: m(x, training=training))
     return model
 
 

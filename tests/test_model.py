@@ -6,7 +6,7 @@ import tf_keras
 from safetensors.numpy import load_file
 
 from conftest import MINILM
-from trainer import checks, distribute, flops, model, storage
+from trainer import step, checks, distribute, flops, model, storage
 from trainer.config import KERAS_POLICY, TrainConfig
 from trainer.errors import UsageError
 
@@ -77,8 +77,8 @@ def test_lazy_adamw_updates_only_the_rows_a_batch_touches():
     def train(kind, rows_per_step):
         tf_keras.utils.set_random_seed(0)
         table = tf.Variable(tf.random.normal((6, 3)), name="embeddings/weight")
-        config = TrainConfig(embedding_update=kind, learning_rate=0.1, warmup_ratio=0.0, weight_decay=0.1)
-        optimizer = model.make_optimizer(config, total_steps=10)
+        optimizer = model.make_optimizer(embedding_update=kind, learning_rate=0.1, warmup_ratio=0.0, weight_decay=0.1,
+                                         total_steps=10)
         for rows in rows_per_step:
             with tf.GradientTape() as tape:
                 loss = tf.reduce_sum(tf.gather(table, rows) ** 2)
@@ -165,14 +165,14 @@ def test_auto_on_gpus_follows_the_lowest_compute_capability(cpu, monkeypatch, ca
 def test_mixed_precision_keeps_float32_variables_and_loss(tiny_model_dir, precision):
     tf_keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
     classifier = model.build_classifier(tiny_model_dir, LABELS)
-    classifier.compile(optimizer=tf_keras.optimizers.legacy.Adam(1e-3), loss=model.loss_fn)
+    model.compile_classifier(classifier, TrainConfig(), total_steps=10)
     scaled = isinstance(classifier.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
     assert scaled == (precision == "fp16")          # bf16 has float32's range: no loss scaling
     features = {"input_ids": tf.constant([[2, 40, 50, 3]] * 4), "attention_mask": tf.ones((4, 4), tf.int32)}
     labels = tf.constant([0, 1, 0, 1])
     logits = classifier(features, training=False).logits
     assert logits.dtype == {"fp16": tf.float16, "bf16": tf.bfloat16}[precision]
-    loss = model.loss_fn(labels, logits)
+    loss = step.loss_fn(labels, logits)
     assert loss.dtype == tf.float32 and np.isfinite(loss.numpy()).all()
     history = classifier.fit(tf.data.Dataset.from_tensors((features, labels)).repeat(3), verbose=0)
     assert np.isfinite(history.history["loss"]).all()

@@ -94,9 +94,11 @@ def test_a_version_written_as_text_does_not_contradict_itself(data):
         (data / "manifest.json").write_text(json.dumps(original))
 
 
-BEST = {"step": 8, "metric": "accuracy", "value": 0.7}
+BEST = {"step": 8, "metric": "accuracy", "value": 0.7, "run_id": "5f0c"}
 EXPORT_INFO = {"data_source_sha256": "ab" * 32, "global_step": 16, "weights": "best", "best": None}
-IDENTITY = {"format": 1, "settings": {"seed": 1, "padding": "bucket"}}
+IDENTITY = {"format": 1, "run_id": "5f0c", "settings": {"seed": 1, "padding": "bucket"}}
+RECOVERIES = {"recoveries": [{"step": 9, "why": "the loss became non-finite at step 9", "resumed_from": 0,
+                              "rate_factor": 0.5}], "stopped": {"step": 20, "why": "the loss became non-finite"}}
 
 
 @pytest.mark.parametrize("case", list(cases(schema.BEST, BEST)))
@@ -130,6 +132,18 @@ def test_the_run_identity(case, tmp_path):
         assert 'was "1", now 1' in message or "was 1, now" in message, message
     else:
         assert "run.json" in message and f"'{key.split('.')[0]}" in message, message
+
+
+@pytest.mark.parametrize("case", list(cases(schema.RECOVERIES, RECOVERIES)))
+def test_the_runs_recoveries(case, tmp_path):
+    from trainer import callbacks
+    mutated, key = cases(schema.RECOVERIES, RECOVERIES)[case]
+    (tmp_path / rundir.RECOVERIES).write_text(json.dumps(mutated))
+    with pytest.raises(UsageError) as refused:
+        callbacks.Recovery(str(tmp_path / rundir.RECOVERIES), "RUN", 3, 10, is_chief=True)
+    message = str(refused.value)
+    assert "\n" not in message and "RUN/recoveries.json" in message and f"'{key}'" in message, message
+    assert "--overwrite_output_dir" in message
 
 
 @pytest.mark.parametrize("key", ["hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"])

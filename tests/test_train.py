@@ -241,17 +241,15 @@ class Recorder:
 
     def save(self, step):
         self.events.append((step, self.what))
-
-    def check_loss(self, loss, step):
-        pass
+        return True
 
 
 def recorded_loop(events, total_steps, improves=lambda step: False, **settings):
     model, plan = small_model(settings.pop("steps_per_execution", 1)), fake_plan([4] * total_steps)
     loop = train.Loop(total_steps=total_steps, meter=callbacks.Meter(MODEL_CONFIG, np.full(plan.rows.size, 7)),
                       logger=Recorder(events, "log"), validation=Recorder(events, "validate", improves),
-                      saver=Recorder(events, "save"), **settings)
-    loop.start_epoch(plan)
+                      saver=Recorder(events, "save"), sums=model.train_step.read_and_reset, **settings)
+    loop.start_epoch(plan, total_steps)
     return loop, model
 
 
@@ -289,10 +287,10 @@ def test_the_loop_stops_early_after_patience_and_on_request():
     loop, model = recorded_loop(events, 12, log_every=100, eval_every=100, checkpoint_every=100)
     stop_after = loop.after_step
 
-    def after_step(step, logs):
+    def after_step(step):
         if step == 5:
             loop.request_stop()          # as the SIGTERM handler does
-        stop_after(step, logs)
+        stop_after(step)
     loop.after_step = after_step
     fit(loop, model, 12)
     assert loop.step == 5 and loop.sigterm and events == [(5, "save")]   # saved at once, then stopped
@@ -306,5 +304,5 @@ def test_a_resumed_loop_whose_patience_was_spent_stops_at_once():
     validation = Recorder(events, "validate")
     validation.without_improvement = 3
     loop = train.Loop(total_steps=12, log_every=2, eval_every=2, checkpoint_every=4, meter=loop.meter, saver=loop.saver,
-                      validation=validation, patience=2, resumed_from_step=8)
+                      sums=loop.sums, validation=validation, patience=2, resumed_from_step=8)
     assert loop.stopped_early_at == 8 and loop.stopping

@@ -5,9 +5,7 @@ with the best weights. None of these decides *when*: the loop does, in one place
 import csv
 import datetime
 import hashlib
-import math
 import os
-import shutil
 import time
 
 import numpy as np
@@ -18,14 +16,14 @@ from absl import logging
 from trainer import model as model_lib
 from trainer import flops, rundir, schema, storage
 from trainer.data.stream import BatchPlan
-from trainer.errors import Diverged
+from trainer.errors import Diverged, UsageError
 
-STEP_SCALARS = ("loss", "accuracy", "learning_rate", "examples_per_sec", "real_tokens_per_sec",
-                "padded_tokens_per_sec", "padding_efficiency", "model_flops_per_sec", "model_flops_per_sec_real",
-                "mfu", "mfu_real")
+STEP_SCALARS = ("loss", "accuracy", "grad_norm", "clipped_fraction", "learning_rate", "examples_per_sec",
+                "real_tokens_per_sec", "padded_tokens_per_sec", "padding_efficiency", "model_flops_per_sec",
+                "model_flops_per_sec_real", "mfu", "mfu_real")
 VALIDATION_SCALARS = ("loss", "accuracy", "f1")
-WINDOWED = ("loss", "accuracy")
-COUNTED = ("examples", "real_tokens", "padded_tokens", "flops", "real_flops")
+COUNTED = ("examples", "real_tokens", "padded_tokens", "flops", "real_flops")      # by the host, from the plan
+SUMMED = ("loss", "correct", "grad_norm", "normed_steps", "clipped", "steps")       # by the device (step.SUMS)
 
 
 def append_csv(path: str, fields, row: dict) -> None:
@@ -69,22 +67,25 @@ def drop_csv_rows_after(path: str, step: int) -> None:
 
 
 class Meter:
-    """Counts, once, what the steps done processed: rows, real and padded tokens, model FLOPs (real and padded),
-    the rows-weighted loss and accuracy, this worker's rows in order (a digest), and the seconds inside train
-    steps. The run's first step (tracing and compilation) is timed apart: `timed` leaves it out, `done` does not.
-    A progress line reads the `window` since the last one; the run's stats read the totals."""
+    """Counts, once, what the steps done processed: rows (examples), real and padded tokens, model FLOPs (real and
+    padded) and this worker's rows in order (a digest), from the plan, on the host, at every step; and, at the
+    loop's sync points, what the device summed over the steps since the last one (loss, correct predictions,
+    examples, the gradient's norms and how many steps were clipped: step.OptimizerStep) and the seconds they took.
+    The run's first sync (tracing and compilation) is timed apart: `timed` leaves it out, `done` does not. A
+    progress line reads the `window` since the last one; the run's stats read the totals."""
 
     def __init__(self, model_config, lengths: np.ndarray, worker_index: int = 0):
         self.model_config, self.lengths, self.worker_index = model_config, lengths, worker_index   # lengths: clipped
-        self.done = dict.fromkeys(COUNTED + WINDOWED, 0.0)
+        self.done = dict.fromkeys(COUNTED + SUMMED, 0.0)
         self.timed = dict.fromkeys(COUNTED + ("seconds",), 0.0)
+        self.pending = dict.fromkeys(COUNTED, 0.0)          # counted since the last sync, not yet timed
         self.first_step_seconds, self.shapes, self.truncated_rows = None, set(), 0
         self.rows_digest = hashlib.sha256()
         self.marks = (dict(self.done), dict(self.timed))
 
     def start_epoch(self, plan: BatchPlan, first_step: int) -> None:
-        """A fit over `plan` begins after global step `first_step` (Keras' running means start anew)."""
-        self.first_step, self.fit_means = first_step, dict.fromkeys(WINDOWED, 0.0)
+        """A fit over `plan` begins after global step `first_step`."""
+        self.first_step = first_step
         real_flops, padded_flops = flops.step_flops(self.model_config, plan, self.lengths)
         per_step = {"examples": plan.examples, "real_tokens": plan.real_tokens, "padded_tokens": plan.padded_tokens,
                     "real_flops": real_flops, "flops": padded_flops}
@@ -94,32 +95,41 @@ class Meter:
         self.shapes |= plan.shapes()
         self.truncated_rows = plan.truncated_rows
 
-    def count(self, previous: int, step: int, seconds: float, logs: dict) -> None:
-        """Steps previous+1..step are done, in `seconds`; `logs` holds Keras' running means since the fit began."""
+    def count(self, previous: int, step: int) -> None:
+        """Steps previous+1..step are done (host counts only: nothing waits for the device)."""
         start, stop = previous - self.first_step, step - self.first_step
-        counts = {key: float(before[stop] - before[start]) for key, before in self.before.items()}
-        rows = self.before["examples"][stop]
-        for key in WINDOWED:          # the running mean times the fit's rows, differenced: this step's own sum
-            total = float(logs.get(key, np.nan)) * rows
-            counts[key], self.fit_means[key] = total - self.fit_means[key], total
-        for key, value in counts.items():
-            self.done[key] += value
-        if self.first_step_seconds is None:
-            self.first_step_seconds = seconds
-        else:
-            for key in COUNTED:
-                self.timed[key] += counts[key]
-            self.timed["seconds"] += seconds
+        for key, before in self.before.items():
+            self.pending[key] += float(before[stop] - before[start])
         self.rows_digest.update(self.shard_rows[self.shard_rows_before[start]:self.shard_rows_before[stop]]
                                 .astype(np.int64).tobytes())
 
+    def sync(self, seconds: float, sums: dict) -> None:
+        """The steps counted since the last sync took `seconds`; `sums`: what the device summed over them."""
+        for key in SUMMED:
+            self.done[key] += sums[key]
+        for key, value in self.pending.items():
+            self.done[key] += value
+            if self.first_step_seconds is not None:
+                self.timed[key] += value
+        if self.first_step_seconds is None:
+            self.first_step_seconds = seconds
+        else:
+            self.timed["seconds"] += seconds
+        self.pending = dict.fromkeys(COUNTED, 0.0)
+
     def window(self) -> dict:
-        """Mean loss and accuracy over the rows since the last window, and the rates of its timed steps."""
+        """Mean loss, accuracy and gradient norm over the window since the last one, and its timed rates."""
         done, timed = ({key: now[key] - mark[key] for key in now} for now, mark in zip((self.done, self.timed),
                                                                                          self.marks))
         self.marks = (dict(self.done), dict(self.timed))
-        window = {key: done[key] / max(1, done["examples"]) for key in WINDOWED}
-        return {**window, **rates(timed)} if timed["seconds"] > 0 else window
+        return {**means(done), **rates(timed)} if timed["seconds"] > 0 else means(done)
+
+
+def means(sums: dict) -> dict:
+    """Loss and accuracy per example, the gradient's norm per step (steps with a finite one), clipped steps' share."""
+    return {"loss": sums["loss"] / max(1, sums["examples"]), "accuracy": sums["correct"] / max(1, sums["examples"]),
+            "grad_norm": sums["grad_norm"] / sums["normed_steps"] if sums["normed_steps"] else float("nan"),
+            "clipped_fraction": sums["clipped"] / max(1, sums["steps"])}
 
 
 def rates(counts: dict) -> dict:
@@ -153,14 +163,22 @@ class StepLogger:
             mfu = f"  MFU {row['mfu']:.1%}" if row["mfu"] == row["mfu"] else ""
             progress = f"  {row['examples_per_sec']:.1f} examples/s{mfu}  ETA {eta}"
         self.wall = (step, time.perf_counter())
-        logging.info("step %d/%d  loss %.4f  accuracy %.4f%s", step, self.total_steps, row["loss"], row["accuracy"],
-                     progress)
+        logging.info("step %d/%d  loss %.4f  accuracy %.4f  grad_norm %.3f%s", step, self.total_steps, row["loss"],
+                     row["accuracy"], row["grad_norm"], progress)
         with self.writer.as_default(step=step):
             for name in STEP_SCALARS:
                 if name in row:
                     tf.summary.scalar(name, row[name])
         self.writer.flush()
         append_csv(self.csv_path, ["step", *STEP_SCALARS], row)
+
+
+    def recovered(self, step: int, factor: float) -> None:
+        """A recovery resumed the run at `step` with the learning rate times `factor` (TensorBoard)."""
+        with self.writer.as_default(step=step):
+            tf.summary.scalar("recovery_rate_factor", factor)
+        self.writer.flush()
+        self.wall = (step, time.perf_counter())
 
 
 class EpochProgbar(tf_keras.callbacks.ProgbarLogger):
@@ -190,52 +208,118 @@ class RunStamp(tf.train.experimental.PythonState):
 
 
 class Checkpoints:
-    """Saves weights, optimizer and step, never from non-finite values: a non-finite loss, or weights or optimizer
-    state not all finite at a save, end the run with Diverged naming the last checkpoint (checked when written).
+    """Saves weights, optimizer and step, never from non-finite values (weights or optimizer state not all finite
+    at a save are a divergence: `save` says so and writes nothing), and knows which checkpoints a recovery may
+    resume from: the one the run resumed from and the ones saved since, as many as the manager keeps.
 
     Every worker must take part in a save (it runs collective ops), with the same calls: the chief's
-    manager writes to the run's directory, the others' to a scratch directory emptied after each save.
-    `on_saved` runs after each save (a bucket run directory uploads it).
+    manager writes to the run's directory, the others' to a scratch directory of their own (each worker restores
+    its own copy when the run recovers from a divergence). `on_saved` runs after each save (a bucket run
+    directory uploads it).
     """
 
-    def __init__(self, model, manager: tf.train.CheckpointManager, is_chief: bool, on_saved=lambda: None):
-        self.model, self.manager, self.is_chief, self.on_saved = model, manager, is_chief, on_saved
-        self.saved_step = None
+    def __init__(self, model, manager: tf.train.CheckpointManager, run_checkpoints: str, resumed_step: int,
+                 on_saved=lambda: None):
+        self.model, self.manager, self.on_saved = model, manager, on_saved
+        self.saved_step = resumed_step or None
+        self.kept = [(resumed_step, run_checkpoints)] if resumed_step else []      # (step, directory), oldest first
 
-    def check_loss(self, loss, step: int) -> None:
-        if loss is not None and not math.isfinite(loss):
-            raise self.diverged(f"the loss became {loss} at step {step}")
-
-    def diverged(self, what: str) -> Diverged:
-        kept = self.manager.latest_checkpoint
-        if not self.is_chief:          # its checkpoints are scratch copies
-            last = "the chief names the last intact checkpoint"
-        elif kept:
-            last = (f"the last checkpoint, {os.path.basename(kept)}, holds finite weights and optimizer state: lower "
-                    "the rate and rerun to resume from it")
-        else:
-            last = "no checkpoint was written"
-        return Diverged(f"{what}: lower --learning_rate (with fp16, try --mixed_precision=bf16); {last}")
-
-    def save(self, step: int) -> None:
+    def save(self, step: int) -> bool:
+        """Save the step's checkpoint; False (nothing written) if the weights or optimizer state are not finite."""
         if step == self.saved_step:
-            return
+            return True
         if not model_lib.weights_are_finite(self.model):
-            raise self.diverged(f"the weights or the optimizer state are not all finite after step {step}")
+            return False
         try:
             self.manager.save(checkpoint_number=step)
         except (tf.errors.OpError, OSError) as e:
             raise storage.no_space(e, self.manager.directory) or e
-        if not self.is_chief:
-            _empty(self.manager.directory)
         self.saved_step = step
+        self.kept = [*self.kept, (step, self.manager.directory)][-(self.manager._max_to_keep or 0):]
         self.on_saved()
+        return True
+
+    def rewind(self, step: int) -> None:
+        """A recovery resumed from checkpoint `step` (0: the initial weights): later ones were never saved."""
+        self.kept = [(n, directory) for n, directory in self.kept if n <= step]
+        self.saved_step = step or None
 
 
-def _empty(directory: str) -> None:
-    for name in os.listdir(directory):
-        path = os.path.join(directory, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+class Recovery:
+    """Recovery from divergence (TF Model Garden's RecoveryAction). A divergence (a non-finite loss, weights or
+    optimizer state, or a step's loss above the bound) resumes the run from the newest checkpoint it may (one that
+    diverged again within the checkpoint interval after a recovery from it is passed over for the one before it;
+    the initial weights when none is left) with the learning rate times FACTOR, at most `max_trials` times; then
+    the run stops in one line naming what resumes it. The recoveries are the run's state (RUN/recoveries.json):
+    a resume keeps the lowered rate, and a run that stopped diverged is resumed by the same command with more
+    trials allowed."""
+    FACTOR = 0.5
+
+    def __init__(self, path: str, url: str, max_trials: int, checkpoint_every: int, is_chief: bool):
+        self.path, self.url, self.max_trials, self.every, self.is_chief = path, url, max_trials, checkpoint_every, \
+            is_chief
+        state = {"recoveries": [], "stopped": None}
+        if os.path.exists(path):
+            state = storage.read_json(path)
+            fix = "restore it from a copy, or pass --overwrite_output_dir to start afresh"
+            if state is None:
+                raise UsageError(f"{url}/{rundir.RECOVERIES} is damaged (not JSON): {fix}")
+            schema.check(state, schema.RECOVERIES, f"{url}/{rundir.RECOVERIES}", fix)
+        self.entries, self.stopped = state["recoveries"], state.get("stopped")
+
+    @property
+    def rate_factor(self) -> float:
+        return self.entries[-1]["rate_factor"] if self.entries else 1.0
+
+    @property
+    def trials_left(self) -> bool:
+        return len(self.entries) < self.max_trials
+
+    def choose(self, step: int, kept: list[tuple[int, str]]) -> tuple[int, str | None]:
+        """(checkpoint step, its directory) to resume from after a divergence at `step`; (0, None): initial."""
+        for number, directory in reversed(kept):
+            if not self._diverged_again(number, step):
+                return number, directory
+        return 0, None
+
+    def _diverged_again(self, number: int, step: int) -> bool:
+        """The last recovery resumed from `number`, and the run diverged again within the checkpoint interval
+        after it. (Checkpoints newer than the one a recovery resumed from were saved after it: other files.)"""
+        last = self.entries[-1]["resumed_from"] if self.entries else None
+        return last == number and step <= number + self.every
+
+    def record(self, step: int, why: str, resumed_from: int) -> str:
+        """Record a recovery; the line that says it."""
+        self.entries.append({"step": step, "why": why, "resumed_from": resumed_from,
+                             "rate_factor": self.rate_factor * self.FACTOR})
+        self.stopped = None
+        self._write()
+        return (f"recovery {len(self.entries)}/{self.max_trials}: {why}; resuming from {_named(resumed_from)} with "
+                f"the learning rate x{self.rate_factor:g}")
+
+    def stop(self, step: int, why: str, resumable_from: int) -> Diverged:
+        """No trial left: record where the run stopped; the one line that says what resumes it."""
+        self.stopped = {"step": step, "why": why}
+        self._write()
+        return Diverged(f"{why}: {self.resume_hint(resumable_from)}")
+
+    def resume_hint(self, resumable_from: int) -> str:
+        spent = (f"{len(self.entries)} of --recovery_max_trials={self.max_trials} recoveries spent (learning rate "
+                 f"x{self.rate_factor:g}); " if self.max_trials else "")
+        return (f"{spent}rerun with --recovery_max_trials={len(self.entries) + 1} (or more) to resume from "
+                f"{_named(resumable_from)} at x{self.rate_factor * self.FACTOR:g} the learning rate, or start afresh "
+                "with other settings (--overwrite_output_dir)")
+
+    def summary(self) -> list[dict]:
+        return list(self.entries)
+
+    def _write(self) -> None:
+        if self.is_chief:
+            storage.write_json(self.path, {"recoveries": self.entries, "stopped": self.stopped})
+
+
+def _named(step: int) -> str:
+    return f"ckpt-{step}" if step else "the initial weights"
 
 
 class Best:
@@ -259,7 +343,15 @@ class Best:
             problem += f": set aside in {set_aside(run_best_dir, kept['step'])}"
         if problem:
             print(f"{run_best_dir} {problem}: the best weights so far are forgotten; validation picks anew", flush=True)
-        elif kept and kept["step"] <= resumed_step:     # else: from steps a resume repeats
+        else:
+            self.rewind(resumed_step, kept)
+
+    def rewind(self, step: int, kept: dict | None = None) -> None:
+        """The run goes on from `step` (a resume, a recovery): the best so far is the kept one, if it is from a step
+        up to `step` (else from steps the run will train again)."""
+        kept = kept or self._kept()[0]
+        self.step = self.value = None
+        if kept and kept["step"] <= step and (kept.get("run_id") == self.run_id or not self.run_id):
             self.step, self.value = kept["step"], kept["value"]
 
     def _kept(self) -> tuple[dict | None, str | None]:
@@ -319,8 +411,16 @@ class Validation:
         self.scorer, self.batches, self.best, self.csv_path = scorer, batches, best, csv_path
         self.is_chief, self.after_validation = is_chief, after_validation
         self.writer = tf.summary.create_file_writer(log_dir) if is_chief else None
-        resumed, best_step = best.resumed_step, best.step
-        logged = [int(row["step"]) for row in csv_steps(csv_path)]     # the rows up to the resumed step
+        self._count(best.resumed_step)
+
+    def rewind(self, step: int) -> None:
+        """The run goes on from `step` (a recovery), its CSV rows after it dropped."""
+        self.best.rewind(step)
+        self._count(step)
+
+    def _count(self, resumed: int) -> None:
+        best_step = self.best.step
+        logged = [int(row["step"]) for row in csv_steps(self.csv_path)]     # the rows up to the resumed step
         # A rerun of a finished training need not validate its last step again, if the best weights are known.
         self.validated_step = resumed if resumed in logged and best_step else None
         # Validations since the best, as logged (the interval may have changed; forgotten best weights: none).

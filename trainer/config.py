@@ -218,11 +218,23 @@ class TrainConfig(Checked):
     max_steps: int | None = setting(None, "Stop after this many optimizer steps in all.", lower=1)
     max_train_examples: int | None = setting(None, "Train on a random subset (seeded by --seed) of N training "
                                              "rows.", lower=1)
+    gradient_accumulation_steps: int = setting(1, "Micro-batches per replica in each optimizer step: the global "
+                                               "batch is --per_replica_batch_size (or --batch_tokens' rows) x "
+                                               "replicas x this. A recipe's global batch on fewer devices: raise it "
+                                               "as the replicas fall.", lower=1)
     learning_rate: float = setting(5e-5, "Peak learning rate of AdamW.", lower=1e-12, upper=1.0)
     warmup_ratio: float = setting(0.1, "Fraction of the steps spent warming the learning rate up linearly; it "
                                   "then decays linearly to 0.", lower=0.0, upper=0.99)
     weight_decay: float = setting(0.01, "Decoupled weight decay (not on biases and LayerNorm).", lower=0.0,
                                   upper=1.0)
+    max_grad_norm: float = setting(1.0, "Clip the gradient's global norm (all replicas and micro-batches, after "
+                                   "fp16 unscaling) to this before AdamW; 0 turns clipping off.", lower=0.0)
+    recovery_max_trials: int = setting(3, "On a divergence (a non-finite loss, weights or optimizer state, or a "
+                                       "loss above --loss_upper_bound), resume from the newest intact checkpoint "
+                                       "at half the learning rate, at most this many times; 0: stop at the first.",
+                                       lower=0)
+    loss_upper_bound: float = setting(100.0, "A step whose mean loss is above this has diverged (a 2-class "
+                                      "guess scores 0.69).", lower=1e-6)
     embedding_update: str = setting("lazy", "lazy: AdamW updates only the embedding rows a batch touches (fine-"
                                     "tuning: same accuracy, no per-step cost for the vocabulary); dense: every row "
                                     "every step (training from scratch learns faster); frozen: embeddings fixed.",

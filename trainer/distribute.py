@@ -75,13 +75,18 @@ def worker_count_and_index(strategy: tf.distribute.Strategy) -> tuple[int, int]:
     return 1, 0
 
 
-def per_replica(dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, num_workers: int):
+def per_replica(dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, num_workers: int,
+                micro_batches: int = 1):
     """This worker's batches as a distributed dataset: each batch (this worker's share of a global batch, of
-    any size) is cut into equal parts, one per local replica, so token-sized batches distribute too."""
+    any size) is cut into equal parts, one per local replica, so token-sized batches distribute too; with
+    micro_batches = K > 1 each replica's part is cut again into [K, rows / K, ...] (one optimizer step)."""
     local = strategy.num_replicas_in_sync // num_workers
-    if local > 1:
+    parts = [n for n in (local, micro_batches) if n > 1]
+    if parts:
         def split(features, labels):
-            return tf.nest.map_structure(lambda t: tf.reshape(t, tf.concat([[local, -1], tf.shape(t)[1:]], 0)),
+            return tf.nest.map_structure(lambda t: tf.reshape(t, tf.concat([parts, [-1], tf.shape(t)[1:]], 0)),
                                          (features, labels))
-        dataset = dataset.map(split).unbatch()
+        dataset = dataset.map(split)
+        if local > 1:
+            dataset = dataset.unbatch()
     return strategy.distribute_datasets_from_function(lambda context: dataset)

@@ -93,8 +93,8 @@ def load_tokenizer(model_dir: str) -> transformers.PreTrainedTokenizerFast:
     if not tokenizer.is_fast:
         raise UsageError(f"{model_dir}: only fast (Rust) tokenizers are supported; add its tokenizer.json")
     unknown = tokenizer.unk_token
-    try:               # a text of characters no vocabulary holds: its tokens must be the unknown token
-        tokenizer("\u2603\ue000 zzqxjv")
+    try:               # a text of characters no vocabulary holds (the Rust tokenizer itself: its settings stay)
+        tokenizer.backend_tokenizer.encode("\u2603\ue000 zzqxjv")
     except Exception as e:   # noqa: BLE001 (the Rust tokenizer fails in many ways, e.g. no [UNK] in the vocabulary)
         raise UsageError(f"{model_dir}'s tokenizer cannot encode an unknown word ({first_line(e)}): restore its "
                          "vocabulary (vocab.txt, tokenizer.json) with its unknown token "

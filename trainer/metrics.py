@@ -8,7 +8,7 @@ compiled metrics, which the training loop's running means need untouched.
 import numpy as np
 import tensorflow as tf
 
-from trainer.model import loss_fn
+from trainer.step import loss_fn
 
 
 def classification_metrics(confusion: np.ndarray, label_names: list[str], loss_sum: float | None = None) -> dict:

@@ -15,6 +15,7 @@ from absl import logging
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
 from trainer import hub
+from trainer import step as step_lib
 from trainer.config import TrainConfig
 from trainer.errors import UsageError
 NO_WEIGHT_DECAY = ["LayerNorm", "layer_norm", "bias"]       # as transformers.create_optimizer
@@ -166,23 +167,50 @@ class LazyAdamWeightDecay(transformers.AdamWeightDecay):
                         var.scatter_sub(tf.IndexedSlices(step, indices)))
 
 
-def make_optimizer(config: TrainConfig, total_steps: int) -> transformers.AdamWeightDecay:
-    """AdamW with transformers' schedule (linear warm-up, then linear decay to 0): LazyAdamWeightDecay with
-    --embedding_update=lazy, else transformers' AdamWeightDecay (frozen embeddings get no gradient)."""
-    warmup_steps = int(config.warmup_ratio * total_steps)
-    schedule = tf_keras.optimizers.schedules.PolynomialDecay(config.learning_rate, total_steps - warmup_steps, 0.0)
+class ScaledSchedule(tf_keras.optimizers.schedules.LearningRateSchedule):
+    """A learning-rate schedule times a factor that a recovery from divergence lowers. The factor is the run's
+    state (RUN/recoveries.json), not the checkpoints': a resume restores it from there."""
+
+    def __init__(self, schedule, factor: float = 1.0):
+        self.schedule = schedule
+        self.factor = tf.Variable(factor, trainable=False, dtype=tf.float32, name="rate_factor")
+
+    def __call__(self, step):
+        return self.schedule(step) * self.factor
+
+    def get_config(self):
+        return {"schedule": tf_keras.optimizers.schedules.serialize(self.schedule), "factor": float(self.factor.numpy())}
+
+
+def make_optimizer(*, learning_rate: float, warmup_ratio: float, weight_decay: float, embedding_update: str,
+                   total_steps: int) -> transformers.AdamWeightDecay:
+    """AdamW with transformers' schedule (linear warm-up, then linear decay to 0) times a factor recoveries lower:
+    LazyAdamWeightDecay with embedding_update="lazy", else transformers' AdamWeightDecay (frozen embeddings get
+    no gradient)."""
+    warmup_steps = int(warmup_ratio * total_steps)
+    schedule = tf_keras.optimizers.schedules.PolynomialDecay(learning_rate, total_steps - warmup_steps, 0.0)
     if warmup_steps:      # transformers.create_optimizer's schedule, without the optimizer it would build
-        schedule = transformers.WarmUp(config.learning_rate, schedule, warmup_steps)
-    kind = LazyAdamWeightDecay if config.embedding_update == "lazy" else transformers.AdamWeightDecay
-    return kind(learning_rate=schedule, weight_decay_rate=config.weight_decay, epsilon=1e-8,
+        schedule = transformers.WarmUp(learning_rate, schedule, warmup_steps)
+    kind = LazyAdamWeightDecay if embedding_update == "lazy" else transformers.AdamWeightDecay
+    return kind(learning_rate=ScaledSchedule(schedule), weight_decay_rate=weight_decay, epsilon=1e-8,
                 exclude_from_weight_decay=NO_WEIGHT_DECAY)
 
 
-def compile_classifier(classifier, config: TrainConfig, total_steps: int) -> None:
-    """Optimizer, float32 loss, accuracy, XLA and steps per call: as every run and benchmark compiles."""
-    classifier.compile(optimizer=make_optimizer(config, total_steps), loss=loss_fn,
-                       metrics=[tf_keras.metrics.SparseCategoricalAccuracy("accuracy")],
-                       jit_compile=config.xla, steps_per_execution=config.steps_per_execution)
+def rate_factor(classifier) -> tf.Variable:
+    """The factor on the learning rate that recoveries from divergence lower."""
+    return classifier.optimizer.learning_rate.factor
+
+
+def compile_classifier(classifier, config: TrainConfig, total_steps: int, forward=step_lib.logits_of) -> None:
+    """AdamW, XLA, steps per call and the train step (micro-batches, clipping, the divergence bound): as every
+    run and benchmark compiles. `forward`: the classifier's logits of a batch (step_lib.logits_of: a row each)."""
+    optimizer = make_optimizer(learning_rate=config.learning_rate, warmup_ratio=config.warmup_ratio,
+                               weight_decay=config.weight_decay, embedding_update=config.embedding_update,
+                               total_steps=total_steps)
+    classifier.compile(optimizer=optimizer, jit_compile=config.xla, steps_per_execution=config.steps_per_execution)
+    classifier.train_step = step_lib.OptimizerStep(classifier, step_lib.StepSettings(
+        micro_batches=config.gradient_accumulation_steps, max_grad_norm=config.max_grad_norm,
+        loss_upper_bound=config.loss_upper_bound), forward)
 
 
 def build_and_compile(model_dir: str, label_names: list[str], config: TrainConfig, total_steps: int):
@@ -201,11 +229,6 @@ def weights_are_finite(classifier) -> bool:
     optimizer_variables = optimizer_variables() if callable(optimizer_variables) else optimizer_variables
     return all(bool(tf.reduce_all(tf.math.is_finite(w))) for w in [*classifier.weights, *optimizer_variables]
                if w.dtype.is_floating)
-
-
-def loss_fn(labels, logits):
-    """Cross-entropy in float32, whatever precision the logits come in (fp16 logits overflow the loss)."""
-    return tf_keras.losses.sparse_categorical_crossentropy(labels, tf.cast(logits, tf.float32), from_logits=True)
 
 
 def total_steps(steps_per_epoch: int, config: TrainConfig) -> int:

@@ -38,6 +38,7 @@ BEST_INFO = "best.json"
 EXPORT = "export"
 STEPS_CSV = "steps.csv"
 VALIDATION_CSV = "validation.csv"
+RECOVERIES = "recoveries.json"   # recoveries from divergence: the run's state (its lowered learning rate)
 LOGS = "logs"
 SET_ASIDE = "set-aside"          # intact checkpoints or best weights a run cannot use (another run's, misnamed)
 CURVES = "curves.png"            # drawn from the two CSVs at the end of a run
@@ -236,7 +237,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-DIRECTORIES, FILES = (CHECKPOINTS, BEST, LOGS, EXPORT), (IDENTITY, METRICS, STEPS_CSV, VALIDATION_CSV)
+DIRECTORIES, FILES = (CHECKPOINTS, BEST, LOGS, EXPORT), (IDENTITY, METRICS, STEPS_CSV, VALIDATION_CSV, RECOVERIES)
 
 
 def check_layout(run_dir: RunDir) -> None:

@@ -146,3 +146,5 @@ RUN_IDENTITY = {"format": Int(1, 1), "run_id": Maybe(Str()), "settings": Map(May
 MODEL_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size",
                "max_position_embeddings")
 MODEL_CONFIG = {name: Int(1) if name in MODEL_SIZES[:4] else Maybe(Int(1)) for name in MODEL_SIZES}
+RECOVERY = {"step": Int(1), "why": Str(), "resumed_from": Int(0), "rate_factor": Num(0)}
+RECOVERIES = {"recoveries": Seq(RECOVERY), "stopped": Maybe({"step": Int(1), "why": Str()})}

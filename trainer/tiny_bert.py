@@ -42,15 +42,21 @@ def vocabulary(texts, vocab_size: int = 2000) -> list[str]:
 def build(output_dir: str, texts, vocab_size: int = 2000, hidden_size: int = 32, num_layers: int = 2,
           max_positions: int = 128, seed: int = 0) -> str:
     """Write config.json, tf_model.h5 and tokenizer files for a tiny uncased BERT to output_dir."""
-    from trainer import runtime
-    runtime.import_tensorflow()
-    import tf_keras
-    os.makedirs(output_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         vocab_file = os.path.join(tmp, "vocab.txt")
         with open(vocab_file, "w", encoding="utf-8") as f:
             f.write("".join(token + "\n" for token in vocabulary(texts, vocab_size)))
         tokenizer = transformers.BertTokenizerFast(vocab_file, do_lower_case=True, model_max_length=max_positions)
+    return save(output_dir, tokenizer, hidden_size, num_layers, max_positions, seed)
+
+
+def save(output_dir: str, tokenizer, hidden_size: int = 32, num_layers: int = 2, max_positions: int = 128,
+         seed: int = 0) -> str:
+    """A tiny BERT with seeded random weights for `tokenizer` (e.g. a real model's), saved with it."""
+    from trainer import runtime
+    runtime.import_tensorflow()
+    import tf_keras
+    os.makedirs(output_dir, exist_ok=True)
     tokenizer.save_pretrained(output_dir)
     config = transformers.BertConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,

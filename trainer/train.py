@@ -35,7 +35,7 @@ from trainer import callbacks, checks, curves, distribute, flops, metrics, rundi
 from trainer import model as model_lib
 from trainer.config import KERAS_POLICY, TrainConfig
 from trainer.data import stream as stream_lib
-from trainer.errors import UsageError
+from trainer.errors import Diverged, UsageError
 
 
 def run(config: TrainConfig, inputs: checks.TrainInputs | None = None) -> dict:
@@ -50,15 +50,15 @@ def run(config: TrainConfig, inputs: checks.TrainInputs | None = None) -> dict:
         data = load_data(config, inputs, setup)
         check_profile_window(config, data)
         run_id = rundir.check_identity(run_dir, identity(config, inputs, setup), IDENTITY_FLAGS, LEGACY_IDENTITY)
-        trainable = build(config, inputs, setup, data, run_id)
+        recovery = check_recoveries(config, run_dir, setup.is_chief)
+        trainable = build(config, inputs, setup, data, run_id, recovery.rate_factor)
         try:
-            run = Run(config, inputs, setup, data, trainable, run_dir, run_id, start)
-            loop = make_loop(run, restore(trainable, run_dir, run_id))
+            run = Run(config, inputs, setup, data, trainable, run_dir, run_id, recovery, start)
+            loop = make_loop(run, restore(trainable, run_dir, run_id, keep_initial=config.recovery_max_trials > 0))
             train_loop(run, loop)
             return finish(run, loop)
         finally:
-            if trainable.scratch:
-                shutil.rmtree(trainable.scratch, ignore_errors=True)
+            shutil.rmtree(trainable.scratch, ignore_errors=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +79,8 @@ class Setup:
     def on_tpu(self) -> bool:
         return isinstance(self.strategy, tf.distribute.TPUStrategy)
 
-    def distribute(self, dataset: tf.data.Dataset):
-        return distribute.per_replica(dataset, self.strategy, self.num_workers)
+    def distribute(self, dataset: tf.data.Dataset, micro_batches: int = 1):
+        return distribute.per_replica(dataset, self.strategy, self.num_workers, micro_batches)
 
 
 def make_setup(config: TrainConfig) -> Setup:
@@ -101,7 +101,8 @@ def make_setup(config: TrainConfig) -> Setup:
 class Data:
     splits: dict                   # name -> datasets.Dataset (train possibly a seeded subset)
     label_names: list
-    plan_args: dict                # plan_batches arguments shared by every epoch and evaluation
+    plan_args: dict                # plan_batches arguments of every epoch: one optimizer step per batch
+    micro_batches: int             # K: an optimizer step's batch is K micro-batches per replica
     steps_per_epoch: int
     total_steps: int
     seed: int
@@ -118,7 +119,14 @@ class Data:
             longest = min(int(lengths.max(initial=0)), self.plan_args["max_length"])
             boundaries = (*boundaries[:-1], max(boundaries[-1], longest))
         return stream_lib.plan_batches(lengths, drop_remainder=self.static_shapes,
-                                       **{**self.plan_args, "boundaries": boundaries})
+                                       **{**self.plan_args, **self.micro_batch_args, "boundaries": boundaries})
+
+    @property
+    def micro_batch_args(self) -> dict:
+        """plan_batches arguments for batches of one micro-batch per replica (evaluation: no gradients kept)."""
+        if "batch_tokens" in self.plan_args:
+            return {"replicas": self.plan_args["replicas"] // self.micro_batches}
+        return {"global_batch_size": self.plan_args["global_batch_size"] // self.micro_batches}
 
     def examples_before(self, step: int) -> int:
         """Training rows in the run's first `step` steps (batches may differ in size)."""
@@ -134,13 +142,14 @@ def load_data(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup) -> 
     if config.max_train_examples and config.max_train_examples < len(train):
         subset = np.random.default_rng(config.seed).choice(len(train), config.max_train_examples, replace=False)
         splits["train"] = train = train.select(np.sort(subset))
-    replicas = setup.strategy.num_replicas_in_sync
+    # A step's rows are what an unaccumulated run on replicas x K devices would take: K micro-batches per replica.
+    slots = setup.strategy.num_replicas_in_sync * config.gradient_accumulation_steps
     plan_args = dict(padding=config.padding, max_length=inputs.max_length, pad_to_multiple_of=config.pad_to_multiple_of,
-                     num_shards=setup.num_workers, replicas=replicas)
+                     num_shards=setup.num_workers, replicas=slots)
     if config.batch_tokens:
         plan_args["batch_tokens"] = config.batch_tokens
     else:
-        plan_args["global_batch_size"] = config.per_replica_batch_size * replicas
+        plan_args["global_batch_size"] = config.per_replica_batch_size * slots
     if config.padding == "bucket":   # the same <= 8 boundaries for every epoch, from the whole training split
         lengths = np.minimum(stream_lib.lengths_of(train), inputs.max_length)
         plan_args["boundaries"] = stream_lib.bucket_boundaries(lengths, pad_to_multiple_of=config.pad_to_multiple_of)
@@ -152,21 +161,23 @@ def load_data(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup) -> 
         logging.info("%d training rows are longer than max_length=%d: truncated as they are streamed",
                      first.truncated_rows, inputs.max_length)
     return Data({name: split for name, split in splits.items() if len(split)}, train.features["label"].names,
-                plan_args, first.steps, model_lib.total_steps(first.steps, config), config.seed, setup.on_tpu)
+                plan_args, config.gradient_accumulation_steps, first.steps, model_lib.total_steps(first.steps, config),
+                config.seed, setup.on_tpu)
 
 
 # What makes a run this run (rundir.check_identity): a rerun that differs in any of these is refused. Everything
 # else may change on a resume: log/eval/checkpoint intervals, profiling, steps_per_execution, xla, export,
-# early stopping, and the strategy as long as replicas and workers stay the same.
-LEGACY_IDENTITY = {}     # the value of a setting for runs whose run.json predates it
+# early stopping, recovery (--recovery_max_trials, --loss_upper_bound), and the strategy as long as replicas and
+# workers stay the same.
+LEGACY_IDENTITY = {"gradient_accumulation_steps": 1, "max_grad_norm": 0.0}   # runs whose run.json predates them
 
 IDENTITY_FLAGS = {"data": "--data_dir (its content)", "model": "--model (its shape)", "replicas": "replicas",
                   "workers": "workers", "mixed_precision": "--mixed_precision (as resolved)",
                   **{name: f"--{name}" for name in (
                       "max_length", "padding", "pad_to_multiple_of", "per_replica_batch_size", "batch_tokens",
-                      "max_train_examples", "seed", "learning_rate", "warmup_ratio", "weight_decay", "epochs",
-                      "max_steps", "embedding_update", "freeze_encoder", "freeze_layers", "classifier_dropout",
-                      "best_metric")}}
+                      "gradient_accumulation_steps", "max_train_examples", "seed", "learning_rate", "warmup_ratio",
+                      "weight_decay", "max_grad_norm", "epochs", "max_steps", "embedding_update", "freeze_encoder",
+                      "freeze_layers", "classifier_dropout", "best_metric")}}
 
 
 def identity(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup) -> dict:
@@ -187,29 +198,39 @@ class Trainable:
     classifier: object
     tokenizer: object
     checkpoint: tf.train.Checkpoint
-    scratch: str | None              # other workers' directory for the saves they must take part in
+    scratch: str                     # this process's own: other workers' saves, the initial weights
     scorer: metrics.Scorer           # validation and test, one traced step per batch shape
     manager: tf.train.CheckpointManager | None = None    # made by restore, once the checkpoints are verified
 
+    @property
+    def initial(self) -> str:
+        """The checkpoint of the weights and optimizer state before the first step (written by restore)."""
+        return os.path.join(self.scratch, "initial", "ckpt")
 
-def build(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup, data: Data, run_id: str | None) -> Trainable:
-    """The classifier, optimizer (its state made now: a restore then reads everything at once, never later) and
-    a checkpoint that carries the run's id, made inside the strategy's scope."""
+
+def build(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup, data: Data, run_id: str | None,
+          rate_factor: float) -> Trainable:
+    """The classifier, optimizer (its state made now: a restore then reads everything at once, never later; its
+    learning rate times the run's recoveries' factor) and a checkpoint that carries the run's id, made inside the
+    strategy's scope."""
     with setup.strategy.scope():
         classifier = model_lib.build_and_compile(inputs.model.dir, data.label_names, config, data.total_steps)
         classifier.optimizer._create_all_weights(classifier.trainable_variables)
+        model_lib.rate_factor(classifier).assign(rate_factor)
         checkpoint = tf.train.Checkpoint(model=classifier, optimizer=classifier.optimizer,
                                          run=callbacks.RunStamp(run_id))
-    scratch = None if setup.is_chief else tempfile.mkdtemp(prefix="worker-scratch-")   # checkpoints/, best/
+    scratch = tempfile.mkdtemp(prefix="trainer-scratch-")
     scorer = metrics.Scorer(classifier, setup.strategy, data.label_names, jit_compile=config.xla)
     return Trainable(classifier, inputs.model.tokenizer, checkpoint, scratch, scorer)
 
 
-def restore(trainable: Trainable, run_dir, run_id: str | None) -> int:
+def restore(trainable: Trainable, run_dir, run_id: str | None, keep_initial: bool = True) -> int:
     """Resume from the newest usable checkpoint: intact (it reads back whole, all finite), this run's (its run id,
     its step equal to its number) and fitting the model. Damaged ones newer than it are removed, intact ones this
     run cannot use are set aside (RUN/set-aside/), each said in one line. Refuse if checkpoints exist and none is
     intact and fitting. Return the step resumed from."""
+    if keep_initial:                 # for a recovery that finds no checkpoint to resume from
+        trainable.checkpoint.write(trainable.initial)
     directory, step, damaged, unusable = run_dir.file(rundir.CHECKPOINTS), 0, {}, {}
     numbers = rundir.checkpoint_numbers(directory)
     for number in numbers:
@@ -237,7 +258,7 @@ def restore(trainable: Trainable, run_dir, run_id: str | None) -> int:
         print(f"{run_dir.url} has no checkpoint of this run (the run stopped before its first, or they were removed):"
               " training starts at step 0", flush=True)
     trainable.manager = tf.train.CheckpointManager(trainable.checkpoint, os.path.join(
-        trainable.scratch or run_dir.path, rundir.CHECKPOINTS), max_to_keep=2)
+        run_dir.path if run_dir.is_chief else trainable.scratch, rundir.CHECKPOINTS), max_to_keep=2)
     for name in (rundir.STEPS_CSV, rundir.VALIDATION_CSV):
         callbacks.drop_csv_rows_after(run_dir.file(name), step)
     return step
@@ -254,6 +275,18 @@ def _put_away(run_dir, directory: str, damaged: dict, unusable: dict, step: int)
         print(f"passed over checkpoints this run cannot use, {f'resuming from ckpt-{step}' if step else 'none left'}: "
               + "; ".join(f"ckpt-{n} ({why}): set aside in {rundir.set_aside(run_dir, directory, n)}"
                           for n, why in unusable.items()), flush=True)
+
+
+def check_recoveries(config: TrainConfig, run_dir, is_chief: bool) -> callbacks.Recovery:
+    """The run's recoveries from divergence so far; a run that stopped diverged resumes only with a trial left
+    (--recovery_max_trials above the recoveries spent), else it is refused as it stands."""
+    recovery = callbacks.Recovery(run_dir.file(rundir.RECOVERIES), run_dir.url, config.recovery_max_trials,
+                                  config.checkpoint_every_steps, is_chief)
+    if recovery.stopped and not recovery.trials_left:
+        newest = (rundir.checkpoint_numbers(run_dir.file(rundir.CHECKPOINTS)) or [0])[0]
+        raise UsageError(f"{run_dir.url} stopped diverged ({recovery.stopped['why']}): "
+                         f"{recovery.resume_hint(newest)}")
+    return recovery
 
 
 def check_profile_window(config: TrainConfig, data: Data) -> None:
@@ -284,6 +317,7 @@ class Run:
     trainable: Trainable
     run_dir: rundir.RunDir
     run_id: str | None           # what its checkpoints and best weights carry
+    recovery: callbacks.Recovery   # recoveries from divergence: the run's state
     started: float               # time.time() at the start, for metrics.json's seconds
 
 
@@ -293,22 +327,26 @@ def due(previous: int, step: int, every: int) -> bool:
 
 
 class Loop(tf_keras.callbacks.Callback):
-    """When things happen in a run, all in one place: `after_step` counts the steps just done, then logs,
-    validates, checkpoints, closes the profile and stops when each is due. Keras calls it back from each epoch's
-    fit (one per epoch: each has its own plan, and a resumed epoch starts mid-plan); SIGTERM asks it to stop."""
+    """When things happen in a run, all in one place: `after_step` counts the steps just done and, where
+    something is due, syncs with the device (reads what the steps summed: the only place the host waits for
+    them), then stops for a divergence, or logs, validates, checkpoints, closes the profile and stops when each
+    is due. Keras calls it back from each epoch's fit (one per epoch: each has its own plan, and a resumed epoch
+    starts mid-plan); SIGTERM asks it to stop."""
+    _supports_tf_logs = True         # Keras hands the step's logs over as tensors: no sync at every step
 
     def __init__(self, *, total_steps: int, log_every: int, eval_every: int, checkpoint_every: int,
-                 meter: callbacks.Meter, saver: callbacks.Checkpoints, logger: callbacks.StepLogger | None = None,
+                 meter: callbacks.Meter, saver: callbacks.Checkpoints, sums, logger: callbacks.StepLogger | None = None,
                  validation: callbacks.Validation | None = None, patience: int | None = None,
                  profile: tuple[int, int, str] | None = None, resumed_from_step: int = 0):
         super().__init__()
         self.total_steps, self.log_every, self.eval_every, self.checkpoint_every = (total_steps, log_every, eval_every,
                                                                                    checkpoint_every)
-        self.meter, self.saver, self.logger, self.validation = meter, saver, logger, validation
+        self.meter, self.saver, self.sums, self.logger, self.validation = meter, saver, sums, logger, validation
         self.patience, self.profile = patience, profile          # profile: (first step, last step, log dir)
-        self.step = self.resumed_from_step = self.fit_first_step = resumed_from_step
-        self.sigterm, self.profiling, self.train_seconds = False, False, 0.0
+        self.step = self.resumed_from_step = self.fit_first_step = self.fit_last_step = resumed_from_step
+        self.sigterm, self.profiling, self.train_seconds, self.diverged = False, False, 0.0, None
         self.stopped_early_at = resumed_from_step if validation and self._patience_spent() else None
+        self.window_began = time.perf_counter()
 
     def request_stop(self, signum=None, frame=None) -> None:
         """The SIGTERM handler (preemption): save after the current step, then stop training."""
@@ -318,33 +356,58 @@ class Loop(tf_keras.callbacks.Callback):
     def stopping(self) -> bool:
         return self.sigterm or self.stopped_early_at is not None
 
-    def start_epoch(self, plan) -> None:
-        self.fit_first_step = self.step
+    def start_epoch(self, plan, steps: int) -> None:
+        self.fit_first_step, self.fit_last_step = self.step, self.step + steps
         self.meter.start_epoch(plan, self.step)
+
+    def on_train_begin(self, logs=None):
+        self.window_began = time.perf_counter()
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.profile and not self.profiling and self.profile[0] <= self.step + 1 <= self.profile[1]:
             tf.profiler.experimental.start(self.profile[2])
             self.profiling = True
-        self.step_began = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        self.after_step(self.fit_first_step + batch + 1, logs or {})   # batch: this fit's last step done, from 0
+        self.after_step(self.fit_first_step + batch + 1)   # batch: this fit's last step done, from 0
 
-    def after_step(self, step: int, logs: dict) -> None:
+    def after_step(self, step: int) -> None:
         """Everything that happens after training steps previous+1..step, in this order."""
         previous, self.step = self.step, step
-        self.meter.count(previous, step, time.perf_counter() - self.step_began, logs)
-        self.saver.check_loss(logs.get("loss"), step)
-        if self.logger and (due(previous, step, self.log_every) or step == self.total_steps):
+        self.meter.count(previous, step)
+        logging_due = due(previous, step, self.log_every) or step == self.total_steps
+        eval_due = due(previous, step, self.eval_every)
+        save_due = self.sigterm or due(previous, step, self.checkpoint_every) or step == self.total_steps
+        if not (logging_due or eval_due or save_due or step >= self.fit_last_step or self.meter.first_step_seconds
+                is None or self.profiling and step >= self.profile[1]):
+            return
+        sums = self.sums()                  # waits for the steps: the window's time ends here
+        self.meter.sync(time.perf_counter() - self.window_began, sums)
+        if sums["divergence"]:
+            return self.diverge(*sums["divergence"])
+        if self.logger and logging_due:
             self.logger.log(step, self.meter.window(), self.model.optimizer)
-        if self.validation and due(previous, step, self.eval_every):
+        if self.validation and eval_due:
             self.validate(step)
-        if self.sigterm or due(previous, step, self.checkpoint_every):   # after N's validation and best
-            self.saver.save(step)
+        if save_due and not self.saver.save(step):      # after N's validation and best
+            return self.diverge(step, "the weights or the optimizer state are not all finite")
         if self.profiling and step >= self.profile[1]:
             self.on_train_end()
         self.model.stop_training = self.stopping
+        self.window_began = time.perf_counter()
+
+    def diverge(self, step: int, what: str) -> None:
+        """Stop this fit: train_loop recovers (or stops the run)."""
+        self.diverged = (step, f"{what} at step {step}")
+        self.model.stop_training = True
+
+    def rewind(self, step: int) -> None:
+        """A recovery resumed the run at checkpoint `step`."""
+        self.step, self.stopped_early_at = step, None
+        self.saver.rewind(step)
+        if self.validation:
+            self.validation.rewind(step)
+        self.window_began = time.perf_counter()
 
     def validate(self, step: int) -> None:
         self.validation.validate(step)
@@ -370,11 +433,12 @@ def make_loop(run: Run, resumed_from_step: int) -> Loop:
     meter = callbacks.Meter(trainable.classifier.config, lengths, setup.worker_index)
     logger = callbacks.StepLogger(os.path.join(logs, "train"), run_dir.file(rundir.STEPS_CSV), data.total_steps,
                                   setup.peak_flops, resumed_from_step) if is_chief else None
-    saver = callbacks.Checkpoints(trainable.classifier, trainable.manager, is_chief, on_saved=run_dir.sync)
+    saver = callbacks.Checkpoints(trainable.classifier, trainable.manager, run_dir.file(rundir.CHECKPOINTS),
+                                  resumed_from_step, on_saved=run_dir.sync)
     validation, eval_every = None, config.eval_every_steps or data.steps_per_epoch
     if "validation" in data.splits:
         best = callbacks.Best(trainable.classifier, run_dir.file(rundir.BEST), config.best_metric, resumed_from_step,
-                              run.run_id, save_dir=None if is_chief else os.path.join(trainable.scratch, "best"),
+                              run.run_id, save_dir=None if is_chief else os.path.join(trainable.scratch, rundir.BEST),
                               set_aside=partial(rundir.set_aside, run_dir) if is_chief else None)
         batches = setup.distribute(eval_batches(run, "validation"))   # iterated anew each time
         validation = callbacks.Validation(trainable.scorer, batches, best, os.path.join(logs, "validation"),
@@ -385,8 +449,8 @@ def make_loop(run: Run, resumed_from_step: int) -> Loop:
                      "nothing to profile", *config.profile_steps, resumed_from_step)
         profile = None
     loop = Loop(total_steps=data.total_steps, log_every=config.log_every_steps, eval_every=eval_every,
-                checkpoint_every=config.checkpoint_every_steps, meter=meter, saver=saver, logger=logger,
-                validation=validation, patience=config.early_stopping_patience, profile=profile,
+                checkpoint_every=config.checkpoint_every_steps, meter=meter, saver=saver,
+                sums=trainable.classifier.train_step.read_and_reset, logger=logger, validation=validation, patience=config.early_stopping_patience, profile=profile,
                 resumed_from_step=resumed_from_step)
     loop.set_model(trainable.classifier)   # a rerun with no step left to train still saves and validates in finish
     return loop
@@ -410,10 +474,37 @@ def train_loop(run: Run, loop: Loop) -> None:
                                if sys.stdout.isatty() else [])]
     previous_handler = signal.signal(signal.SIGTERM, loop.request_stop)
     try:
-        while loop.step < data.total_steps and not loop.stopping:
+        if run.recovery.stopped:        # a run that stopped diverged, rerun with a trial left: recover first
+            loop.diverged = (run.recovery.stopped["step"], run.recovery.stopped["why"])
+        while True:
+            if loop.diverged:
+                recover(run, loop)
+            if loop.step >= data.total_steps or loop.stopping:
+                break
             _fit_epoch(run, loop, keras_callbacks)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+def recover(run: Run, loop: Loop) -> None:
+    """Resume from the checkpoint the recovery picks (or the initial weights) at a lower learning rate, as a resume
+    would (the CSV rows and best weights of later steps dropped); with no trial left, stop in one line."""
+    (step, why), loop.diverged = loop.diverged, None
+    recovery, trainable = run.recovery, run.trainable
+    number, directory = recovery.choose(step, loop.saver.kept)
+    if not recovery.trials_left:
+        raise recovery.stop(step, why, number)
+    trainable.checkpoint.restore(os.path.join(directory, f"ckpt-{number}") if number else
+                                 trainable.initial).expect_partial()
+    line = recovery.record(step, why, number)
+    model_lib.rate_factor(trainable.classifier).assign(recovery.rate_factor)
+    for name in (rundir.STEPS_CSV, rundir.VALIDATION_CSV):
+        callbacks.drop_csv_rows_after(run.run_dir.file(name), number)
+    loop.rewind(number)
+    if loop.logger:
+        loop.logger.recovered(number, recovery.rate_factor)
+        print(line, flush=True)
+    run.run_dir.sync()
 
 
 def _fit_epoch(run: Run, loop: Loop, keras_callbacks: list) -> None:
@@ -427,26 +518,29 @@ def _fit_epoch(run: Run, loop: Loop, keras_callbacks: list) -> None:
     if run.config.xla and len(plan.shapes()) > 16:
         logging.warning("XLA compiles once per batch shape and this epoch has %d: use --padding=bucket or "
                         "--pad_to_multiple_of", len(plan.shapes()))
-    loop.start_epoch(plan)
+    loop.start_epoch(plan, steps)
     dataset = stream_lib.batches(data.splits["train"], plan, classifier, run.trainable.tokenizer, setup.worker_index)
     fit_start = time.time()
-    classifier.fit(setup.distribute(dataset.take(steps)), initial_epoch=epoch, epochs=epoch + 1,
+    batches = setup.distribute(dataset.take(steps), run.config.gradient_accumulation_steps)
+    classifier.fit(batches, initial_epoch=epoch, epochs=epoch + 1,
                    steps_per_epoch=steps, callbacks=keras_callbacks, verbose=1 if sys.stdout.isatty() else 0)
     loop.train_seconds += time.time() - fit_start
     loop.step = int(classifier.optimizer.iterations.numpy())
 
 
 def _batch_size_text(data: Data) -> str:
+    per = f" in {data.micro_batches} micro-batches" if data.micro_batches > 1 else ""
     if "batch_tokens" in data.plan_args:
-        return f"{data.plan_args['batch_tokens']} tokens per replica per batch"
-    return f"global batch {data.plan_args['global_batch_size']}"
+        return f"{data.plan_args['batch_tokens']} tokens per replica per micro-batch{per}"
+    return f"global batch {data.plan_args['global_batch_size']}{per}"
 
 
 def finish(run: Run, loop: Loop) -> dict:
     """Last checkpoint; then (unless stopped by SIGTERM) the final validation, the export of the best or last
     weights, the test split scored with exactly those weights, and metrics.json written last."""
     config, setup, step, validation = run.config, run.setup, loop.step, loop.validation
-    loop.saver.save(step)
+    if not loop.saver.save(step):        # the loop saved the last step already: a rerun that trains no step
+        raise Diverged(f"the weights or the optimizer state are not all finite at step {step}")
     stats = _stats(run, loop)
     if loop.sigterm:
         logging.warning("stopped by SIGTERM at step %d of %d; checkpoint saved: rerun the same command to resume",
@@ -479,6 +573,10 @@ def _stats(run: Run, loop: Loop) -> dict:
              "replicas": setup.strategy.num_replicas_in_sync, "strategy": distribute.strategy_name(setup.strategy),
              "mixed_precision": setup.precision, "xla": config.xla, "padding": config.padding,
              "global_batch_size": data.plan_args.get("global_batch_size"), "batch_tokens": config.batch_tokens,
+             "gradient_accumulation_steps": data.micro_batches, "max_grad_norm": config.max_grad_norm,
+             "grad_norm": callbacks.means(meter.done)["grad_norm"],
+             "clipped_fraction": callbacks.means(meter.done)["clipped_fraction"],
+             "recoveries": run.recovery.summary(), "rate_factor": run.recovery.rate_factor,
              "distinct_shapes": len(meter.shapes), "truncated_rows": meter.truncated_rows,
              "padding_efficiency": meter.done["real_tokens"] / max(1, meter.done["padded_tokens"]),
              "first_step_seconds": meter.first_step_seconds, "train_seconds": round(loop.train_seconds, 1),
