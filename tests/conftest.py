@@ -54,7 +54,8 @@ def small_model(steps_per_execution=1, learning_rate=0.1):
     model = tf_keras.Sequential([tf_keras.layers.Dense(2)])
     model.build((None, 3))
     model.compile(optimizer=tf_keras.optimizers.legacy.SGD(learning_rate), steps_per_execution=steps_per_execution)
-    model.train_step = step.OptimizerStep(model, step.StepSettings(), lambda m, x, training: m(x, training=training))
+    model.optimizer_step = step.OptimizerStep(model, step.StepSettings(), lambda m, x, training: m(x, training=training))
+    model.train_step = model.optimizer_step.train_step
     return model
 
 
@@ -114,6 +115,19 @@ def tiny_model_dir(tmp_path_factory):
 def prepare_config(source, output_dir, model, **kwargs):
     from trainer.config import PrepareConfig
     return PrepareConfig(input=str(source), output_dir=str(output_dir), model=str(model), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_minilm_vocab_model(tmp_path_factory):
+    """The tiny BERT (2 layers, hidden 32) with all-MiniLM-L6-v2's tokenizer files: it reads prepared_sample."""
+    import shutil
+    import transformers
+    from trainer import tiny_bert
+    path = str(tmp_path_factory.mktemp("tiny-minilm-vocab"))
+    tiny_bert.save(path, transformers.AutoTokenizer.from_pretrained(str(MINILM)))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(MINILM / name, path)             # the very files: the data's tokenizer fingerprint
+    return path
 
 
 @pytest.fixture(scope="session")

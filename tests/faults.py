@@ -4,7 +4,8 @@
 
   sigterm      the process sends itself SIGTERM during step STEP (as a preemption would)
   hang         after step STEP (and its checkpoint, if one is due) write READY_FILE, then wait to be killed
-  nan_weights  after step STEP, a weight becomes NaN (its loss was finite: the check must look at weights)
+  nan_weights  after step STEP (the first time only: a recovery trains it again), a weight becomes NaN (its loss
+               was finite: the check must look at weights)
 """
 import os
 import pathlib
@@ -25,14 +26,18 @@ ready = sys.argv[3] if sys.argv[3] != "-" else None
 original = train_lib.Loop.after_step
 
 
-def after_step(self, global_step, logs):
-    if global_step == step:
+fired = []
+
+
+def after_step(self, global_step):
+    if global_step == step and not fired:
+        fired.append(global_step)
         if fault == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
         elif fault == "nan_weights":
             weight = self.model.trainable_weights[0]
             weight.assign(weight * float("nan"))
-    original(self, global_step, logs)
+    original(self, global_step)
     if fault == "hang" and global_step == step:
         pathlib.Path(ready).write_text(str(os.getpid()))
         threading.Event().wait()

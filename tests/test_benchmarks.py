@@ -62,3 +62,16 @@ def test_output_dir_that_is_a_file(tmp_path):
     (tmp_path / "report").write_text("")
     result = benchmark(f"--output_dir={tmp_path / 'report'}", timeout=300)
     assert result.returncode == 2 and result.stderr == f"error: --output_dir={tmp_path / 'report'} is a file: pass a directory\n"
+
+
+@pytest.mark.slow
+def test_accumulation_smoke(tiny_model_dir):
+    result = subprocess.run([sys.executable, "-m", "benchmarks.accumulation", f"--model={tiny_model_dir}",
+                             "--max_length=16", "--micro_batch=2", "--micro_batches=2", "--rounds=1",
+                             "--memory_rounds=1", "--memory_steps=1"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("  2 rows x 2 micro-batches: peak RSS ") for line in lines), lines[-8:]
+    assert any(line.startswith("  4 rows x 1: peak RSS ") for line in lines), lines[-8:]
+    assert any("accumulated / plain = " in line for line in lines), lines[-8:]

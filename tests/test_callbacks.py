@@ -24,7 +24,7 @@ def logged_loop(tmp_path, name, plan, log_every, model, **loop_settings):
     logger = callbacks.StepLogger(str(tmp_path / name), str(tmp_path / f"{name}.csv"), plan.steps, peak_flops=1e12)
     settings = dict(total_steps=plan.steps, log_every=log_every, eval_every=10**6, checkpoint_every=10**6)
     loop = train.Loop(meter=meter, logger=logger, saver=callbacks.Checkpoints(model, manager, "", 0),
-                      sums=model.train_step.read_and_reset, **{**settings, **loop_settings})
+                      sums=model.optimizer_step.read_and_reset, **{**settings, **loop_settings})
     loop.start_epoch(plan, plan.steps)
     return loop, manager
 

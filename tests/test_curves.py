@@ -6,11 +6,11 @@ import sys
 from conftest import ROOT
 from trainer import curves
 
-STEPS = """step,loss,accuracy,learning_rate,examples_per_sec,real_tokens_per_sec,padded_tokens_per_sec,padding_efficiency
-4,0.70,0.50,0.001,,,,
-8,0.65,0.60,0.0009,120.5,2700.0,3000.0,0.9
-12,0.55,0.70,0.0006,80.0,2650.0,2950.0,0.898
-16,0.50,0.75,0.0003,140.0,2720.0,3010.0,0.904
+STEPS = """step,loss,accuracy,grad_norm,learning_rate,examples_per_sec,real_tokens_per_sec,padded_tokens_per_sec,padding_efficiency
+4,0.70,0.50,2.1,0.001,,,,
+8,0.65,0.60,1.4,0.0009,120.5,2700.0,3000.0,0.9
+12,0.55,0.70,0.9,0.0006,80.0,2650.0,2950.0,0.898
+16,0.50,0.75,0.7,0.0003,140.0,2720.0,3010.0,0.904
 """
 VALIDATION = """step,loss,accuracy,f1,examples
 8,0.66,0.58,0.55,64

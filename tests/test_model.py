@@ -6,7 +6,7 @@ import tf_keras
 from safetensors.numpy import load_file
 
 from conftest import MINILM
-from trainer import step, checks, distribute, flops, model, storage
+from trainer import checks, distribute, flops, model, step, storage
 from trainer.config import KERAS_POLICY, TrainConfig
 from trainer.errors import UsageError
 
@@ -138,6 +138,14 @@ def test_auto_on_a_cpu(cpu, cpu_flags, speedup, precision):
     chosen, why = model.choose_precision("auto", cpu(cpu_flags, speedup))
     assert chosen == precision and why.startswith("auto: CPU")
     assert ("x float32's" in why) == (speedup is not None)
+
+
+def test_auto_keeps_what_the_run_resolved_at_its_start(cpu):
+    """A resume never measures again: a re-measured cache entry could flip the choice and refuse the resume."""
+    strategy = cpu({"amx_bf16"}, speedup=0.5)          # measured now, bf16 would lose ...
+    assert model.choose_precision("auto", strategy, "bf16") == (
+        "bf16", "auto: as this run resolved it at its start (run.json)")     # ... but the run chose bf16
+    assert model.choose_precision("none", strategy, "bf16")[0] == "none"     # an explicit flag: the identity says
 
 
 def test_auto_on_a_tpu(monkeypatch):

@@ -47,10 +47,10 @@ def patched(owner, name, replacement):
 def at_step(step, action):
     """action(loop) once training step `step` is done, before the loop decides what else is due then."""
     def replacement(original):
-        def after_step(self, global_step, logs):
+        def after_step(self, global_step):
             if global_step == step:
                 action(self)
-            original(self, global_step, logs)
+            original(self, global_step)
         return after_step
     return patched(train.Loop, "after_step", replacement)
 
@@ -190,9 +190,9 @@ def test_non_finite_optimizer_state_makes_a_checkpoint_unsound(runs, tmp_path, c
 def test_a_save_refuses_non_finite_optimizer_state(runs, tmp_path):
     from trainer.errors import Diverged
     with infinite_moment_at(8), pytest.raises(Diverged) as diverged:
-        train.run(config(runs.data, runs.model, tmp_path / "run"))
-    assert "optimizer state are not all finite after step 8" in str(diverged.value)
-    assert "ckpt-4, holds finite weights and optimizer state" in str(diverged.value)
+        train.run(config(runs.data, runs.model, tmp_path / "run", recovery_max_trials=0))
+    assert "optimizer state are not all finite at step 8: rerun with --recovery_max_trials=1" in str(diverged.value)
+    assert "to resume from ckpt-4 at x0.5 the learning rate" in str(diverged.value)
     assert rundir.checkpoint_numbers(str(tmp_path / "run" / "checkpoints")) == [4]
 
 
@@ -201,8 +201,10 @@ def test_a_save_refuses_non_finite_optimizer_state(runs, tmp_path):
 CHANGED = {   # identity settings: a rerun with another value is refused, naming it
     "per_replica_batch_size": 16, "max_length": 32, "padding": "batch", "seed": 3, "learning_rate": 1e-3,
     "epochs": 3, "max_train_examples": 128, "warmup_ratio": 0.2, "embedding_update": "frozen",
+    "gradient_accumulation_steps": 2, "max_grad_norm": 0.5,
 }
-RESUMABLE = {"log_every_steps": 2, "eval_every_steps": 8, "checkpoint_every_steps": 2, "steps_per_execution": 2}
+RESUMABLE = {"log_every_steps": 2, "eval_every_steps": 8, "checkpoint_every_steps": 2, "steps_per_execution": 2,
+             "recovery_max_trials": 0, "loss_upper_bound": 50.0}
 
 
 @pytest.mark.parametrize("name", CHANGED)

@@ -10,10 +10,14 @@ from trainer.errors import UsageError
 
 def test_identity_is_written_once_then_compared(tmp_path):
     run = rundir.RunDir(str(tmp_path))
-    rundir.check_identity(run, {"seed": 1, "padding": "bucket", "max_steps": None}, {})
+    run_id = rundir.check_identity(run, {"seed": 1, "padding": "bucket", "max_steps": None}, {})
     assert json.loads((tmp_path / "run.json").read_text()) == {
-        "format": 1, "settings": {"seed": 1, "padding": "bucket", "max_steps": None}}
-    rundir.check_identity(run, {"seed": 1, "padding": "bucket", "max_steps": None}, {})       # the same: fine
+        "format": 1, "run_id": run_id, "settings": {"seed": 1, "padding": "bucket", "max_steps": None}}
+    assert len(run_id) == 32 and rundir.check_identity(run, {"seed": 1, "padding": "bucket", "max_steps": None},
+                                                       {}) == run_id                            # the same: fine
+    with pytest.raises(UsageError, match=r"\(--max_grad_norm was 0, now 1.0\)"):       # an old run.json's value
+        rundir.check_identity(run, {"seed": 1, "padding": "bucket", "max_steps": None, "max_grad_norm": 1.0}, {
+            "max_grad_norm": "--max_grad_norm"}, legacy={"max_grad_norm": 0})
     with pytest.raises(UsageError, match=r"\(max_steps was unset, now 10; --seed was 1, now 2\)"):
         rundir.check_identity(run, {"seed": 2, "padding": "bucket", "max_steps": 10}, {"seed": "--seed"})
 

@@ -43,8 +43,10 @@ def test_one_device_trains_and_writes_every_output(one_device_run):
     assert len(window_losses(out)) == 8
     metrics = json.load(open(out / "metrics.json"))
     for key in ("accuracy", "precision", "recall", "f1", "loss", "confusion_matrix", "global_step", "examples_seen",
-                "best", "exported", "seconds", "train_seconds"):
+                "best", "exported", "seconds", "train_seconds", "recoveries"):
         assert key in metrics
+    assert metrics["max_grad_norm"] == 1.0 and metrics["gradient_accumulation_steps"] == 1
+    assert metrics["grad_norm"] > 0 and 0 <= metrics["clipped_fraction"] <= 1 and metrics["recoveries"] == []
     assert metrics["global_step"] == 32 and metrics["examples_seen"] == 32 * 32
     assert np.asarray(metrics["confusion_matrix"]).sum() == 64       # the whole test split
     assert metrics["strategy"] == "one_device" and metrics["mixed_precision"] == "none"   # as configured
@@ -221,8 +223,76 @@ def test_the_command_prints_progress_lines_without_a_terminal(tmp_path, small_pr
     assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
     progress = [line.split("] ", 1)[1] for line in result.stdout.splitlines() if "] step " in line]
     assert [line.split()[1] for line in progress] == ["10/20", "20/20"]
-    assert all(re.search(r" examples/s  MFU \d+\.\d%  ETA ", line) for line in progress), progress
+    assert all(re.search(r" grad_norm \d+\.\d{3}  \d+\.\d examples/s  MFU \d+\.\d%  ETA ", line)
+               for line in progress), progress
     assert "epoch 1/2: steps 1-16," in result.stdout and "epoch 2/2: steps 17-20," in result.stdout   # global steps
+
+
+DIVERGING = dict(per_replica_batch_size=16, mixed_precision="fp16", learning_rate=1.0, warmup_ratio=0.0,
+                 max_train_examples=1024, max_steps=40, checkpoint_every_steps=8, log_every_steps=4,
+                 eval_every_steps=20, recovery_max_trials=8)
+
+
+def test_a_real_divergence_is_recovered_and_the_run_finishes(tmp_path, prepared_sample, tiny_minilm_vocab_model,
+                                                             capsys):
+    """fp16 at a learning rate of 1.0 diverges within ~10 steps: the run resumes from its newest checkpoint (or
+    the initial weights) at half the rate, as often as it takes, and finishes every planned step with finite
+    weights; each recovery is said, recorded in recoveries.json and metrics.json, and drawn in TensorBoard. A
+    kill after a recovery keeps the lowered rate; the finished run is refused like any finished run."""
+    out, config = tmp_path / "run", train_config(prepared_sample, tiny_minilm_vocab_model, tmp_path / "run",
+                                                 **DIVERGING)
+    first_recovery = train.recover
+
+    def recover_then_stop(run, loop):
+        first_recovery(run, loop)
+        loop.request_stop()               # killed (SIGTERM) right after the first recovery
+    train.recover = recover_then_stop
+    try:
+        stopped = train.run(config)
+    finally:
+        train.recover = first_recovery
+    assert stopped["interrupted"] and len(stopped["recoveries"]) == 1 and stopped["rate_factor"] == 0.5
+    stats = train.run(config)
+    out_text = capsys.readouterr().out
+    assert stats["global_step"] == 40 and stats["recoveries"][0] == stopped["recoveries"][0]
+    assert "recovery 1/8: the " in out_text and "with the learning rate x0.5" in out_text
+    recoveries = json.loads((out / "recoveries.json").read_text())["recoveries"]
+    assert recoveries == stats["recoveries"] == json.loads((out / "metrics.json").read_text())["recoveries"]
+    assert stats["rate_factor"] == 0.5 ** len(recoveries)
+    model.load_export(str(out / "export"))                     # refuses non-finite weights
+    assert "recovery_rate_factor" in scalars(out / "logs" / "train")
+    resumed_at = stopped["global_step"]
+    first_after = next(row for row in csv_rows(out / "steps.csv") if int(row["step"]) > resumed_at)
+    assert float(first_after["learning_rate"]) <= 0.5 * (1 - int(first_after["step"]) / 40) + 1e-6   # kept
+    with pytest.raises(UsageError, match="holds a finished run"):
+        train.run(config)
+
+
+def test_without_trials_a_divergence_stops_in_one_line_and_more_trials_resume_it(tmp_path, small_prepared,
+                                                                                 tiny_model_dir, capsys):
+    """A loss above --loss_upper_bound at step 1, no trial: the run stops naming what resumes it; the same command
+    is refused as it stands (touching nothing); with a trial (and a sane bound: both may change) it resumes at
+    half the rate and finishes."""
+    from test_run_state import snapshot
+    from trainer.errors import Diverged
+    out = tmp_path / "run"
+    settings = dict(max_steps=6, checkpoint_every_steps=2, recovery_max_trials=0, loss_upper_bound=0.01)
+    with pytest.raises(Diverged) as diverged:
+        train.run(train_config(small_prepared, tiny_model_dir, out, **settings))
+    assert str(diverged.value) == (
+        "the loss passed --loss_upper_bound at step 1: rerun with --recovery_max_trials=1 (or more) to resume from "
+        "the initial weights at x0.5 the learning rate, or start afresh with other settings (--overwrite_output_dir)")
+    before = snapshot(out)
+    with pytest.raises(UsageError, match=r"stopped diverged \(the loss passed --loss_upper_bound at step 1\): rerun "
+                                         r"with --recovery_max_trials=1"):
+        train.run(train_config(small_prepared, tiny_model_dir, out, **settings))
+    assert snapshot(out) == before
+    capsys.readouterr()
+    stats = train.run(train_config(small_prepared, tiny_model_dir, out, **{**settings, "recovery_max_trials": 1,
+                                                                           "loss_upper_bound": 100.0}))
+    assert "recovery 1/1: the loss passed --loss_upper_bound at step 1; resuming from the initial weights with the " \
+           "learning rate x0.5" in capsys.readouterr().out
+    assert stats["global_step"] == 6 and stats["rate_factor"] == 0.5 and stats["recoveries"][0]["resumed_from"] == 0
 
 
 class Recorder:
@@ -248,7 +318,7 @@ def recorded_loop(events, total_steps, improves=lambda step: False, **settings):
     model, plan = small_model(settings.pop("steps_per_execution", 1)), fake_plan([4] * total_steps)
     loop = train.Loop(total_steps=total_steps, meter=callbacks.Meter(MODEL_CONFIG, np.full(plan.rows.size, 7)),
                       logger=Recorder(events, "log"), validation=Recorder(events, "validate", improves),
-                      saver=Recorder(events, "save"), sums=model.train_step.read_and_reset, **settings)
+                      saver=Recorder(events, "save"), sums=model.optimizer_step.read_and_reset, **settings)
     loop.start_epoch(plan, total_steps)
     return loop, model
 

@@ -226,7 +226,7 @@ class Checkpoints:
 
     def save(self, step: int) -> bool:
         """Save the step's checkpoint; False (nothing written) if the weights or optimizer state are not finite."""
-        if step == self.saved_step:
+        if step in (self.saved_step, 0):              # saved already, or nothing trained yet
             return True
         if not model_lib.weights_are_finite(self.model):
             return False

@@ -1,7 +1,7 @@
 """A picture of a run's curves: RUN/steps.csv and RUN/validation.csv -> RUN/curves.png.
 
 Four panels over the global step: training loss and accuracy (the mean of each logged window) with the
-validation points on top, the learning rate, and the throughput (examples/s, and real tokens/s, which
+validation points on top, the learning rate with the gradient's norm before clipping, and the throughput (examples/s, and real tokens/s, which
 stays level when token-sized batches vary in rows). matplotlib is only in the test and bench extras:
 without it nothing is drawn. It is imported here, lazily, and drawn with its Agg canvas (no pyplot,
 no display, no global backend).
@@ -52,8 +52,14 @@ def draw(run_dir: str) -> str | None:
     if validation.get("f1"):
         accuracy.plot(validation["step"], validation["f1"], "s--", color="tab:green", label="validation f1")
     learning_rate.plot(train["step"], train["learning_rate"], color="tab:purple")
-    learning_rate.set_title("learning rate")
+    learning_rate.set_title("learning rate and gradient norm")
+    learning_rate.set_ylabel("learning rate", color="tab:purple")
     learning_rate.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    if train.get("grad_norm"):          # runs logged before clipping existed have no norm
+        norm = learning_rate.twinx()
+        norm.plot(train["step"], train["grad_norm"], color="tab:green")
+        norm.set_ylabel("gradient norm before clipping (window mean)", color="tab:green")
+        norm.set_ylim(bottom=0)
     throughput.plot(train["step"], train["examples_per_sec"], color="tab:blue", label="examples/s")
     tokens = throughput.twinx()
     tokens.plot(train["step"], train["real_tokens_per_sec"], color="tab:red", label="real tokens/s")

@@ -16,7 +16,7 @@ from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf
 
 from trainer import hub
 from trainer import step as step_lib
-from trainer.config import TrainConfig
+from trainer.config import KERAS_POLICY, TrainConfig
 from trainer.errors import UsageError
 NO_WEIGHT_DECAY = ["LayerNorm", "layer_norm", "bias"]       # as transformers.create_optimizer
 
@@ -29,13 +29,16 @@ def resolve_precision(precision: str, strategy: tf.distribute.Strategy) -> str:
     return choose_precision(precision, strategy)[0]
 
 
-def choose_precision(precision: str, strategy: tf.distribute.Strategy) -> tuple[str, str]:
-    """(precision, why) for --mixed_precision. auto: bf16 on TPU; on GPUs by the lowest compute capability,
-    bf16 from 8.0 (Ampere, Hopper), fp16 with loss scaling on 7.x, else none; on a CPU, bf16 only if it has
-    amx_bf16 or avx512_bf16 and a bf16 train step measures >= BF16_MARGIN x float32's (cached per machine)."""
+def choose_precision(precision: str, strategy: tf.distribute.Strategy, resolved: str | None = None) -> tuple[str, str]:
+    """(precision, why) for --mixed_precision. auto: what the run resolved at its start (`resolved`, from its
+    run.json), else bf16 on TPU; on GPUs by the lowest compute capability, bf16 from 8.0 (Ampere, Hopper), fp16
+    with loss scaling on 7.x, else none; on a CPU, bf16 only if it has amx_bf16 or avx512_bf16 and a bf16 train
+    step measures >= BF16_MARGIN x float32's (cached per machine)."""
     from trainer import flops
     if precision != "auto":
         return precision, f"--mixed_precision={precision}"
+    if resolved in KERAS_POLICY:
+        return resolved, "auto: as this run resolved it at its start (run.json)"
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "bf16", "auto: TPU"
     gpus = tf.config.list_physical_devices("GPU")
@@ -208,9 +211,11 @@ def compile_classifier(classifier, config: TrainConfig, total_steps: int, forwar
                                weight_decay=config.weight_decay, embedding_update=config.embedding_update,
                                total_steps=total_steps)
     classifier.compile(optimizer=optimizer, jit_compile=config.xla, steps_per_execution=config.steps_per_execution)
-    classifier.train_step = step_lib.OptimizerStep(classifier, step_lib.StepSettings(
+    on_tpu = isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)      # compiled in its scope
+    classifier.optimizer_step = step_lib.OptimizerStep(classifier, step_lib.StepSettings(
         micro_batches=config.gradient_accumulation_steps, max_grad_norm=config.max_grad_norm,
-        loss_upper_bound=config.loss_upper_bound), forward)
+        loss_upper_bound=config.loss_upper_bound, sparse_gradients=not on_tpu), forward)
+    classifier.train_step = classifier.optimizer_step.train_step
 
 
 def build_and_compile(model_dir: str, label_names: list[str], config: TrainConfig, total_steps: int):

@@ -348,6 +348,15 @@ def check_identity(run_dir: RunDir, settings: dict, flags: dict, legacy: dict | 
     return run_id
 
 
+def recorded(run_dir: RunDir, name: str):
+    """A setting as the run's run.json records it, or None (no run.json yet, or not readable: check_identity
+    says what is wrong with it)."""
+    path = run_dir.file(IDENTITY)
+    found = storage.read_json(path) if os.path.isfile(path) else None
+    settings = found.get("settings") if isinstance(found, dict) else None
+    return settings.get(name) if isinstance(settings, dict) else None
+
+
 def _text(value, other) -> str:
     """A value as a flag would show it; as JSON where that would look the same as the value it differs from."""
     shown = {None: "unset"}.get(value) if value is None else ",".join(map(str, value)) if isinstance(value, list) \

@@ -4,7 +4,7 @@
   each micro-batch: forward, loss summed over its examples, backward -> accumulated
   all-reduce -> divide by the step's examples -> unscale (fp16) -> global norm -> clip -> AdamW
 
-`OptimizerStep` is the classifier's Keras `train_step` (model.compile_classifier): `fit` calls it,
+`OptimizerStep.train_step` is the classifier's Keras `train_step` (model.compile_classifier): `fit` calls it,
 steps_per_execution steps per call, under any strategy. It adds what the steps did to running sums that the
 loop reads, and empties, only at its boundaries (`read_and_reset`): nothing makes the host wait for a step.
 """
@@ -24,6 +24,7 @@ class StepSettings:
     micro_batches: int = 1               # K: micro-batches per replica and optimizer step
     max_grad_norm: float = 0.0           # clip the global gradient norm to this; 0: never
     loss_upper_bound: float = math.inf   # a step whose mean loss is above this has diverged
+    sparse_gradients: bool = True        # False (TPU): embedding gradients made dense, every shape static
 
 
 def loss_fn(labels, logits):
@@ -60,7 +61,7 @@ class OptimizerStep:
             variable.assign(tf.zeros_like(variable))
         return read
 
-    def __call__(self, data):
+    def train_step(self, data):
         features, labels = data
         if tf.nest.flatten(features)[0].shape.rank == 2:    # [rows, length]: one micro-batch, without the K axis
             features, labels = tf.nest.map_structure(lambda t: t[None], (features, labels))
@@ -99,6 +100,8 @@ class OptimizerStep:
             if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
                 objective = optimizer.get_scaled_loss(objective)      # one scale for the whole step
         grads = tape.gradient(objective, variables)
+        if not self.settings.sparse_gradients:
+            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
         correct = tf.reduce_sum(tf.cast(predicted == labels, tf.float32) * mask)
         return [loss, correct, tf.reduce_sum(mask)], grads

@@ -46,7 +46,7 @@ def run(config: TrainConfig, inputs: checks.TrainInputs | None = None) -> dict:
         if inputs.replace:
             run_dir.reset()      # --overwrite_output_dir, and every input checked: only now the old run goes
         rundir.check_layout(run_dir)
-        setup = make_setup(config)
+        setup = make_setup(config, rundir.recorded(run_dir, "mixed_precision"))
         data = load_data(config, inputs, setup)
         check_profile_window(config, data)
         run_id = rundir.check_identity(run_dir, identity(config, inputs, setup), IDENTITY_FLAGS, LEGACY_IDENTITY)
@@ -83,11 +83,11 @@ class Setup:
         return distribute.per_replica(dataset, self.strategy, self.num_workers, micro_batches)
 
 
-def make_setup(config: TrainConfig) -> Setup:
-    """Strategy, seeds and precision policy."""
+def make_setup(config: TrainConfig, resolved_precision: str | None = None) -> Setup:
+    """Strategy, seeds and precision policy (--mixed_precision=auto: as the run resolved it, if it has)."""
     strategy = distribute.resolve_strategy(config.strategy, config.tpu, config.num_gpus)
     tf_keras.utils.set_random_seed(config.seed)
-    precision, reason = model_lib.choose_precision(config.mixed_precision, strategy)
+    precision, reason = model_lib.choose_precision(config.mixed_precision, strategy, resolved_precision)
     tf_keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
     device = flops.device_name(strategy)
     peak, source = flops.peak_flops(precision, device, config.peak_tflops)
@@ -450,8 +450,8 @@ def make_loop(run: Run, resumed_from_step: int) -> Loop:
         profile = None
     loop = Loop(total_steps=data.total_steps, log_every=config.log_every_steps, eval_every=eval_every,
                 checkpoint_every=config.checkpoint_every_steps, meter=meter, saver=saver,
-                sums=trainable.classifier.train_step.read_and_reset, logger=logger, validation=validation, patience=config.early_stopping_patience, profile=profile,
-                resumed_from_step=resumed_from_step)
+                sums=trainable.classifier.optimizer_step.read_and_reset, logger=logger, validation=validation,
+                patience=config.early_stopping_patience, profile=profile, resumed_from_step=resumed_from_step)
     loop.set_model(trainable.classifier)   # a rerun with no step left to train still saves and validates in finish
     return loop
 
