@@ -14,7 +14,7 @@ from trainer.errors import UsageError
 
 FORMATS = ("sentiment140", "csv", "tsv", "jsonl")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
-PADDINGS = ("max_length", "batch", "bucket")
+PADDINGS = ("max_length", "batch", "bucket", "pack")
 PRECISIONS = ("auto", "none", "fp16", "bf16")
 KERAS_POLICY = {"none": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}   # precision -> Keras
 EMBEDDING_UPDATES = ("lazy", "dense", "frozen")
