@@ -71,7 +71,7 @@ def test_packed_logits_match_full_and_bucket_padding_batches(export_dir, split):
     expected = packed_logits(classifier, stream(split, classifier, "pack"))
     for padding in ("max_length", "bucket"):
         s = stream(split, classifier, padding, global_batch_size=16, shuffle=True)
-        logits = np.concatenate([classifier(x, training=False).logits.numpy() for x, _ in s.dataset])
+        logits = np.concatenate([classifier(x).logits.numpy() for x, _ in s.dataset])
         np.testing.assert_allclose(by_tweet(s.plan, logits), expected, atol=1e-5)
 
 
@@ -79,8 +79,8 @@ def test_packed_logits_under_tf_function_and_xla(export_dir, split):
     classifier = model_lib.load_export(export_dir)
     s = stream(split, classifier, "pack")
     expected = packed_logits(classifier, s)
-    for jit_compile in (False, True):
-        compiled = tf.function(lambda x: packed.segment_logits(classifier, x), jit_compile=jit_compile)
+    for jit in (False, True):
+        compiled = tf.function(lambda x: packed.segment_logits(classifier, x), jit_compile=jit)
         np.testing.assert_allclose(packed_logits(classifier, s, compiled), expected, atol=1e-5)
 
 
@@ -126,8 +126,9 @@ def test_a_packed_step_has_the_unpacked_loss_and_gradients(export_dir, split):
     s = stream(split, classifier, "pack")
     x, y = next(iter(s.dataset))
     tweets = s.plan.rows[:s.plan.examples[0]]
-    padded = stream_lib.PadTo(0, 64, 64)([{key: split[int(t)][key] for key in
-                                          ("input_ids", "attention_mask", "label")} for t in tweets])
+    columns = ("input_ids", "attention_mask", "label")
+    padded = stream_lib.PadTo(0, 64, 64)([{key: split[int(t)][key] for key in columns}
+                                          for t in tweets])
     variables = classifier.trainable_variables
     with tf.GradientTape(persistent=True) as tape:
         packed_loss = packed.segment_loss(y, packed.segment_logits(classifier, x, training=True))

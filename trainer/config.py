@@ -277,7 +277,11 @@ class EvaluateConfig(SourceConfig):
     split: str = setting("test", "... and its split. With --input: the name the raw file's rows get.")
     max_length: int = setting(128, "With --input: truncate its texts to this many tokens (at most the model's "
                                  "positions). A --data_dir keeps the max_length it was prepared with.", lower=8)
-    batch_size: int = setting(64, "Rows per prediction batch.", lower=1)
+    batch_size: int = setting(64, "Rows per prediction batch (packed rows with --padding=pack).",
+                              lower=1)
+    padding: str = setting("bucket", "bucket: rows grouped by length, each batch padded to its "
+                           "bucket; pack: several texts packed into each row of max_length (BERT "
+                           "models).", choices=("bucket", "pack"))
     output: str | None = setting(None, "Also write the metrics as JSON to this file (local or gs://).", location=True)
 
     def check(self) -> None:
@@ -293,8 +297,12 @@ class PredictConfig(Checked):
     """trainer-predict: label and probability for each text."""
     model_dir: str | None = setting(None, "A fine-tuned model: a training run's export/ directory (local or gs://).",
                                     required=True, location=True)
-    batch_size: int = setting(64, "Texts per prediction batch.", lower=1)
+    batch_size: int = setting(64, "Texts per prediction batch (packed rows with --padding=pack).",
+                              lower=1)
     max_length: int = setting(128, "Truncate texts to this many tokens (at most the model's positions).", lower=8)
+    padding: str = setting("bucket", "bucket: each batch padded to its longest text; pack: several "
+                           "texts packed into each row of --max_length (BERT models).",
+                           choices=("bucket", "pack"))
     encoding: str = setting("utf-8", "Encoding of the texts on stdin.")
 
     def check(self) -> None:
