@@ -271,28 +271,48 @@ def test_batch_plans_name_rows_and_examples_apart(sample_lengths):
             np.testing.assert_array_equal(plan.batch_rows, plan.shard_example_counts(1))
 
 
-def test_packed_steps_lay_tweets_out_as_planned(split, model_and_tokenizer):
-    s, out = batches(split.select(range(600)), model_and_tokenizer, padding="pack",
-                     global_batch_size=8, max_length=32, shuffle=True, seed=3)
-    features, labels = s.dataset.element_spec
-    shapes = {name: spec.shape.as_list() for name, spec in features.items()}
-    assert shapes == {"input_ids": [8, 32], "position_ids": [8, 32], "segment_ids": [8, 32],
-                      "token_type_ids": [8, 32], "cls_index": [8, 4]}
-    assert labels.shape.as_list() == [8, 4]
-    ids, label_of = split["input_ids"][:600], split["label"][:600]
-    sep, tweets = model_and_tokenizer[1].sep_token_id, iter(s.plan.rows)
+def assert_laid_out(split, s, out, tokenizer, shard_index=0):
+    """Each tweet of the shard's slices where the plan puts it: ids (truncated, [SEP] last),
+    positions from 0, segment number, label; [PAD] elsewhere."""
+    ids, label_of = split["input_ids"], split["label"]
+    length, tweets = s.plan.max_length, iter(s.plan.shard_rows(shard_index))
     for step, (x, y) in enumerate(out):
         assert all(v.dtype == np.int32 for v in x.values()) and y.dtype == np.int32
         for row, slot in zip(*np.nonzero(y >= 0)):
             tweet = next(tweets)
-            expected = stream_lib.truncate(np.asarray(ids[tweet]), 32)      # [SEP] kept at the end
+            expected = stream_lib.truncate(np.asarray(ids[tweet]), length)
             start = x["cls_index"][row, slot]
             span = slice(start, start + len(expected))
             np.testing.assert_array_equal(x["input_ids"][row, span], expected)
             np.testing.assert_array_equal(x["position_ids"][row, span], np.arange(len(expected)))
-            assert (x["segment_ids"][row, span] == slot + 1).all() and expected[-1] == sep
-            assert y[row, slot] == label_of[tweet]
-        assert (x["segment_ids"] > 0).sum() == s.plan.real_tokens[step]
-        assert (x["input_ids"][x["segment_ids"] == 0] == 0).all()     # [PAD] after the tweets
+            assert (x["segment_ids"][row, span] == slot + 1).all()
+            assert expected[-1] == tokenizer.sep_token_id and y[row, slot] == label_of[tweet]
+        assert (x["input_ids"][x["segment_ids"] == 0] == tokenizer.pad_token_id).all()
         assert not x["token_type_ids"].any()
-    assert next(tweets, None) is None and s.plan.truncated_rows > 0
+        segments = s.plan.shard_segments(shard_index)[step]
+        np.testing.assert_array_equal((y >= 0).sum(axis=1), segments)
+    assert next(tweets, None) is None
+
+
+def test_packed_steps_lay_tweets_out_as_planned(split, model_and_tokenizer):
+    small = split.select(range(600))
+    s, out = batches(small, model_and_tokenizer, padding="pack", global_batch_size=8,
+                     max_length=32, shuffle=True, seed=3)
+    features, labels = s.dataset.element_spec
+    shapes = {name: spec.shape.as_list() for name, spec in features.items()}
+    assert shapes == {"input_ids": [8, 32], "position_ids": [8, 32], "segment_ids": [8, 32],
+                      "token_type_ids": [8, 32], "cls_index": [8, 4]}
+    assert labels.shape.as_list() == [8, 4] and s.plan.truncated_rows > 0
+    assert_laid_out(small, s, out, model_and_tokenizer[1])
+    real = [int((x["segment_ids"] > 0).sum()) for x, _ in out]
+    assert real == s.plan.real_tokens.tolist()
+
+
+def test_each_worker_streams_its_packed_rows(split, model_and_tokenizer):
+    small = split.select(range(600))
+    shards = [batches(small, model_and_tokenizer, padding="pack", global_batch_size=8, shuffle=True,
+                      num_shards=2, shard_index=k) for k in range(2)]
+    assert len(shards[0][1]) == len(shards[1][1]) == shards[0][0].plan.steps
+    for k, (s, out) in enumerate(shards):
+        assert {x["input_ids"].shape for x, _ in out} == {(4, 64)}
+        assert_laid_out(small, s, out, model_and_tokenizer[1], shard_index=k)
