@@ -3,8 +3,8 @@
   max_length  every batch padded to max_length (naive full padding)
   batch       each batch padded to its longest row (optionally a multiple of pad_to_multiple_of)
   bucket      rows grouped by length; each batch padded to its bucket's boundary (<= 8 lengths)
-  pack        several rows packed into each row of max_length (trainer/data/packing.py): one
-              static shape; the model reads them with trainer/packed.py
+  pack        several examples laid one after another in each row of max_length
+              (trainer/data/packing.py): one static shape; the model reads them with trainer/packed.py
 
 Batches hold a fixed number of rows, or with bucket padding and `batch_tokens` a number of
 rows that depends on the bucket (token-sized batches: one static shape per bucket). Rows longer
