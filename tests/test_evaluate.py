@@ -60,3 +60,14 @@ def test_evaluate_warns_when_the_file_is_the_training_source(one_device_run, sma
     result = run_cli("evaluate", f"--model_dir={out / 'export'}", f"--input={source}")
     assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
     assert "is the file this model was trained from" in result.stdout and "not held-out" in result.stdout
+
+
+def test_evaluate_with_packing_gives_the_unpacked_metrics(one_device_run, small_prepared):
+    from trainer import evaluate
+    from trainer.config import EvaluateConfig
+    export = str(one_device_run[0] / "export")
+    bucket, packed = (evaluate.evaluate(EvaluateConfig(model_dir=export, data_dir=small_prepared,
+                                                       split="test", batch_size=8, padding=padding))
+                      for padding in ("bucket", "pack"))
+    assert packed["confusion_matrix"] == bucket["confusion_matrix"] and packed["examples"] == 64
+    assert packed["loss"] == pytest.approx(bucket["loss"], rel=1e-5)

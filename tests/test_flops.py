@@ -169,3 +169,17 @@ def test_a_batch_plans_window_flops():
     assert real == sum(t * (per_token + attention * t) for t in lengths)
     assert padded == sum(n * t * (per_token + attention * t) for n, t in ((2, 10), (2, 12), (1, 8), (1, 8)))
     assert flops.plan_flops(TINY, plan, lengths, slice(1, 2))[0] == sum(t * (per_token + attention * t) for t in (8, 3))
+
+
+def test_a_packed_plans_flops():
+    """Packed rows: padded FLOPs at max_length per packed row (the attention spans the whole row),
+    real FLOPs per tweet at its own length."""
+    import numpy as np
+    from trainer.data.stream import plan_batches
+    lengths = np.array([5, 10, 12, 9, 8, 3, 16, 7])
+    plan = plan_batches(lengths, padding="pack", max_length=16, global_batch_size=2)
+    per_token, attention = 6 * TINY_PARAMS, 12 * 1 * 32
+    real, padded = flops.step_flops(TINY, plan, lengths)
+    assert real.sum() == pytest.approx(sum(t * (per_token + attention * t) for t in lengths))
+    assert (padded == 2 * 16 * (per_token + attention * 16)).all()
+    assert len(padded) == plan.steps == 3

@@ -35,3 +35,34 @@ def test_latin1_stdin_with_its_encoding(one_device_run):
     export = str(one_device_run[0] / "export")
     result = run_cli("predict", f"--model_dir={export}", "--encoding=latin-1", stdin="caf\xe9 au lait\n".encode("latin-1"))
     assert result.returncode == 0 and result.stdout.strip().endswith("\tcafé au lait")
+
+
+def varied_texts():
+    """Texts of 1 to 60 words (longer than max_length 32 too), in no order of length."""
+    words = ["good", "bad", "day", "not", "so", "love", "hate", "rain", "sun", "what"]
+    lengths = [(7 * i) % 61 + 1 for i in range(30)]
+    return [" ".join(words[(i + j) % len(words)] for j in range(n)) for i, n in enumerate(lengths)]
+
+
+def test_packed_predictions_are_the_unpacked_ones_in_input_order(one_device_run):
+    export = str(one_device_run[0] / "export")
+    classifier, tokenizer = model.load_export(export), hub.load_tokenizer(export)
+    texts = varied_texts()
+    padded = predict.predict(classifier, tokenizer, texts, batch_size=8, max_length=32)
+    packed = predict.predict(classifier, tokenizer, texts, batch_size=4, max_length=32,
+                             padding="pack")
+    assert [text for _, _, text in packed] == texts
+    assert [label for label, _, _ in packed] == [label for label, _, _ in padded]
+    np.testing.assert_allclose([p for _, p, _ in packed], [p for _, p, _ in padded], atol=1e-5)
+
+
+def test_predict_cli_with_packing(one_device_run):
+    export = str(one_device_run[0] / "export")
+    texts = varied_texts()[:6]
+    expected = predict.predict(model.load_export(export), hub.load_tokenizer(export), texts)
+    result = run_cli("predict", f"--model_dir={export}", "--padding=pack", *texts)
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+    lines = [line.split("\t") for line in result.stdout.strip().splitlines()[-6:]]
+    assert [(label, text) for label, _, text in lines] == [(lb, text) for lb, _, text in expected]
+    np.testing.assert_allclose([float(p) for _, p, _ in lines], [p for _, p, _ in expected],
+                               atol=1e-4)

@@ -91,7 +91,7 @@ class Meter:
                     "real_flops": real_flops, "flops": padded_flops}
         self.before = {key: np.concatenate([[0], np.cumsum(values)]) for key, values in per_step.items()}  # k steps
         self.shard_rows, self.shard_rows_before = (plan.shard_rows(self.worker_index),
-                                                   np.concatenate([[0], np.cumsum(plan.shard_examples)]))
+                                                   np.concatenate([[0], np.cumsum(plan.shard_example_counts(self.worker_index))]))
         self.shapes |= plan.shapes()
         self.truncated_rows = plan.truncated_rows
 

@@ -14,7 +14,7 @@ from trainer.errors import UsageError
 
 FORMATS = ("sentiment140", "csv", "tsv", "jsonl")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
-PADDINGS = ("max_length", "batch", "bucket")
+PADDINGS = ("max_length", "batch", "bucket", "pack")
 PRECISIONS = ("auto", "none", "fp16", "bf16")
 KERAS_POLICY = {"none": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}   # precision -> Keras
 EMBEDDING_UPDATES = ("lazy", "dense", "frozen")
@@ -204,12 +204,14 @@ class TrainConfig(Checked):
     tpu: str | None = setting(None, "TPU name for --strategy=tpu, or 'local' on a TPU VM.")
     num_gpus: int | None = setting(None, "Use the first N GPUs (default: all).", lower=1)
     per_replica_batch_size: int = setting(32, "Rows per replica per step (the global batch is this x replicas), "
-                                          "unless --batch_tokens sizes batches.", lower=1)
-    batch_tokens: int | None = setting(None, "--padding=bucket: size each batch in padded tokens per replica: a "
-                                       "batch of bucket length L holds N // L rows (a multiple of 8, at least 8).",
-                                       lower=64)
+                                          "unless --batch_tokens sizes batches; with --padding=pack, packed rows.",
+                                          lower=1)
+    batch_tokens: int | None = setting(None, "--padding=bucket or pack: size each batch in padded tokens per "
+                                       "replica: a batch of (bucket or packed) length L holds N // L rows (a "
+                                       "multiple of 8, at least 8).", lower=64)
     padding: str = setting("bucket", "max_length: pad all to --max_length; batch: to each batch's longest row; "
-                           "bucket: group by length, pad to <= 8 bucket lengths.", choices=PADDINGS)
+                           "bucket: group by length, pad to <= 8 bucket lengths; pack: several tweets per row of "
+                           "--max_length (at most max_length / 8), one shape.", choices=PADDINGS)
     max_length: int | None = setting(None, "Longest row in tokens (default: the data's); longer rows are "
                                      "truncated as they are streamed.", lower=8)
     pad_to_multiple_of: int | None = setting(None, "Round padded lengths up to a multiple of this (8 suits "
@@ -273,8 +275,9 @@ class TrainConfig(Checked):
             raise UsageError("--freeze_encoder and --freeze_layers exclude each other: pass one")
         if self.tpu is not None and self.strategy not in ("tpu", "auto"):
             raise UsageError(f"--tpu goes with --strategy=tpu (or auto), not --strategy={self.strategy}")
-        if self.batch_tokens is not None and self.padding != "bucket":
-            raise UsageError(f"--batch_tokens sizes bucket batches: pass --padding=bucket (not {self.padding})")
+        if self.batch_tokens is not None and self.padding not in ("bucket", "pack"):
+            raise UsageError(f"--batch_tokens sizes bucket or packed batches: pass --padding=bucket or pack (not "
+                             f"{self.padding})")
         if self.max_length:
             check_multiple(self.pad_to_multiple_of, self.max_length)
         if self.profile_steps is not None and not 1 <= self.profile_steps[0] <= self.profile_steps[1]:
@@ -295,7 +298,11 @@ class EvaluateConfig(SourceConfig):
     split: str = setting("test", "... and its split. With --input: the name the raw file's rows get.")
     max_length: int = setting(128, "With --input: truncate its texts to this many tokens (at most the model's "
                                  "positions). A --data_dir keeps the max_length it was prepared with.", lower=8)
-    batch_size: int = setting(64, "Rows per prediction batch.", lower=1)
+    batch_size: int = setting(64, "Rows per prediction batch (packed rows with --padding=pack).",
+                              lower=1)
+    padding: str = setting("bucket", "bucket: rows grouped by length, each batch padded to its "
+                           "bucket; pack: several texts packed into each row of max_length (BERT "
+                           "models).", choices=("bucket", "pack"))
     output: str | None = setting(None, "Also write the metrics as JSON to this file (local or gs://).", location=True)
 
     def check(self) -> None:
@@ -311,8 +318,12 @@ class PredictConfig(Checked):
     """trainer-predict: label and probability for each text."""
     model_dir: str | None = setting(None, "A fine-tuned model: a training run's export/ directory (local or gs://).",
                                     required=True, location=True)
-    batch_size: int = setting(64, "Texts per prediction batch.", lower=1)
+    batch_size: int = setting(64, "Texts per prediction batch (packed rows with --padding=pack).",
+                              lower=1)
     max_length: int = setting(128, "Truncate texts to this many tokens (at most the model's positions).", lower=8)
+    padding: str = setting("bucket", "bucket: each batch padded to its longest text; pack: several "
+                           "texts packed into each row of --max_length (BERT models).",
+                           choices=("bucket", "pack"))
     encoding: str = setting("utf-8", "Encoding of the texts on stdin.")
 
     def check(self) -> None:

@@ -4,7 +4,7 @@ import tempfile
 
 from absl import logging
 
-from trainer import checks, distribute, hub, metrics, storage
+from trainer import checks, distribute, hub, metrics, packed, storage
 from trainer import model as model_lib
 from trainer.config import EvaluateConfig, PrepareConfig
 from trainer.data import prepare
@@ -19,7 +19,10 @@ def evaluate(config: EvaluateConfig, inputs: checks.EvaluateInputs | None = None
     with tempfile.TemporaryDirectory() as tmp:
         data = inputs.data or _prepare_raw(config, inputs.model, os.path.join(tmp, "data"))
         split = data.load()[config.split]
-        plan = stream_lib.plan_batches(stream_lib.lengths_of(split), padding="bucket", global_batch_size=config.batch_size,
+        if config.padding == "pack":
+            packed.bert_of(classifier)
+        plan = stream_lib.plan_batches(stream_lib.lengths_of(split), padding=config.padding,
+                                       global_batch_size=config.batch_size,
                                        max_length=data.manifest["max_length"])
         strategy = distribute.resolve_strategy("one_device")
         dataset = stream_lib.batches(split, plan, classifier, inputs.model.tokenizer)

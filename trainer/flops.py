@@ -79,14 +79,16 @@ def padded_flops(config, rows, pad_lengths) -> float:
 
 
 def step_flops(config, plan, lengths) -> tuple[np.ndarray, np.ndarray]:
-    """Per step of a batch plan, (real, padded) training FLOPs: real at each row's own length (`lengths`,
-    already clipped to max_length), padded at each shard slice's padded length. One pass over the plan."""
+    """Per step of a batch plan, (real, padded) training FLOPs: real at each example's own length
+    (`lengths`, already clipped to max_length), padded at each shard slice's rows x padded length (a
+    packed row's attention spans all of max_length, block-diagonal mask or not). One pass over the
+    plan."""
     per_token, attention = 6 * non_embedding_params(config), 12 * config.num_hidden_layers * config.hidden_size
     t = np.asarray(lengths, dtype=np.float64)[plan.rows]
     row_sums = np.concatenate([[0.0], np.cumsum(t * (per_token + attention * t))])
     real = np.diff(row_sums[np.concatenate([[0], np.cumsum(plan.examples)])])
     p = plan.pad_lengths.astype(np.float64)
-    return real, (plan.shard_examples[:, None] * p * (per_token + attention * p)).sum(axis=1)
+    return real, (plan.batch_rows[:, None] * p * (per_token + attention * p)).sum(axis=1)
 
 
 def plan_flops(config, plan, lengths, steps: slice) -> tuple[float, float]:

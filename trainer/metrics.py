@@ -8,6 +8,7 @@ compiled metrics, which the training loop's running means need untouched.
 import numpy as np
 import tensorflow as tf
 
+from trainer import packed
 from trainer.step import loss_fn
 
 
@@ -51,18 +52,19 @@ def confusion_of(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -
 
 
 class Scorer:
-    """Scores a classifier on (features, labels) batches: one tf.function step (traced once per batch shape),
-    reused by every evaluation."""
+    """Scores a classifier on (features, labels) batches, plain or packed (stream `pack` padding):
+    one tf.function step (traced once per batch shape), reused by every evaluation."""
 
     def __init__(self, model, strategy: tf.distribute.Strategy, label_names: list[str], jit_compile: bool = False):
         self.model, self.strategy, self.label_names = model, strategy, list(label_names)
         num_labels = len(label_names)
 
-        def step(features, labels):
-            logits = model(features, training=False).logits
-            loss = tf.reduce_sum(loss_fn(labels, logits))
-            confusion = tf.math.confusion_matrix(labels, tf.argmax(logits, axis=-1, output_type=tf.int32),
-                                                 num_classes=num_labels, dtype=tf.float32)
+        def step(features, labels):    # packed: logits [B, S, C], labels [B, S], -1 ignored
+            labels, logits, weights = packed.per_example(labels, packed.logits_of(model, features))
+            loss = tf.reduce_sum(loss_fn(labels, logits) * weights)
+            predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            confusion = tf.math.confusion_matrix(labels, predictions, num_classes=num_labels,
+                                                 weights=weights, dtype=tf.float32)
             return loss, confusion
 
         step = tf.function(step, jit_compile=jit_compile or None, reduce_retracing=True)

@@ -14,7 +14,7 @@ import transformers
 from absl import logging
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
-from trainer import hub
+from trainer import hub, packed
 from trainer import step as step_lib
 from trainer.config import KERAS_POLICY, TrainConfig
 from trainer.errors import UsageError
@@ -204,9 +204,10 @@ def rate_factor(classifier) -> tf.Variable:
     return classifier.optimizer.learning_rate.factor
 
 
-def compile_classifier(classifier, config: TrainConfig, total_steps: int, forward=step_lib.logits_of) -> None:
+def compile_classifier(classifier, config: TrainConfig, total_steps: int) -> None:
     """AdamW, XLA, steps per call and the train step (micro-batches, clipping, the divergence bound): as every
-    run and benchmark compiles. `forward`: the classifier's logits of a batch (step_lib.logits_of: a row each)."""
+    run and benchmark compiles. The step reads a batch's logits with packed.logits_of: an example per row, or
+    a packed batch's examples (it has cls_index)."""
     optimizer = make_optimizer(learning_rate=config.learning_rate, warmup_ratio=config.warmup_ratio,
                                weight_decay=config.weight_decay, embedding_update=config.embedding_update,
                                total_steps=total_steps)
@@ -214,7 +215,7 @@ def compile_classifier(classifier, config: TrainConfig, total_steps: int, forwar
     on_tpu = isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)      # compiled in its scope
     classifier.optimizer_step = step_lib.OptimizerStep(classifier, step_lib.StepSettings(
         micro_batches=config.gradient_accumulation_steps, max_grad_norm=config.max_grad_norm,
-        loss_upper_bound=config.loss_upper_bound, sparse_gradients=not on_tpu), forward)
+        loss_upper_bound=config.loss_upper_bound, sparse_gradients=not on_tpu), packed.logits_of)
     classifier.train_step = classifier.optimizer_step.train_step
 
 

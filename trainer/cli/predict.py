@@ -50,7 +50,9 @@ def _main(config: PredictConfig, arguments) -> None:
     from trainer import predict
     classifier = model_lib.load_export(model.dir, config.model_dir)
     max_length = hub.fit_max_length(model.config, config.max_length, config.model_dir, clip=True)
-    for label, probability, text in predict.predict(classifier, model.tokenizer, texts, config.batch_size, max_length):
+    results = predict.predict(classifier, model.tokenizer, texts, config.batch_size, max_length,
+                              config.padding)
+    for label, probability, text in results:
         print(f"{label}\t{probability:.4f}\t{text}")
 
 
