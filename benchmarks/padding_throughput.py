@@ -11,6 +11,8 @@ five contenders through its Keras train function (what `fit` calls), one step pe
   bucket        rows grouped by length, padded to the bucket's boundary (<= 8 shapes)
   equal tokens  bucket batches of batch_tokens (default: a full batch's), in a shuffled epoch's mix of shapes
   ideal         the equal-token shapes replayed from tensors in memory (no input pipeline)
+  packed        tweets packed into rows of max_length (batch_tokens // max_length rows: the tokens of equal
+                tokens' batches), one shape, each tweet attending only to itself
 Each shape runs once first (trace, XLA compilation: compile seconds), then --warmup_steps more; then all the
 max_length's contenders (the baseline always among them) take turns step by step, sharing the machine's noise.
 speedup: examples/s over the baseline's. MFU: model FLOPs/s (trainer.flops, on padded and on real tokens) over
@@ -50,7 +52,7 @@ flags.register_validator("max_lengths", lambda v: all(x.isdigit() and 8 <= int(x
 flags.register_validator("precisions", lambda v: set(v) <= {"none", "fp16", "bf16"}, "takes none, fp16, bf16")
 flags.register_validator("xla", lambda v: {x.lower() for x in v} <= {"false", "true"}, "takes false, true")
 
-CONTENDERS = ("full", "batch", "bucket", "equal tokens", "ideal")
+CONTENDERS = ("full", "batch", "bucket", "equal tokens", "ideal", "packed")
 STARTED = time.time()
 
 
@@ -62,7 +64,7 @@ class Contender:
     model: object
     inputs: list                    # per step: the iterator the train function reads that step's batch from
     shapes: list                    # per step: (rows, padded length)
-    real_lengths: list              # per step: each row's real length
+    real_lengths: list              # per step: each example's real length (a packed row holds several)
     shape_inputs: dict              # (rows, length) -> an endless iterator of one synthetic batch of that shape
     spec: tuple                     # the model and its input signature: with a shape, what a trace is for
     seconds: list = dataclasses.field(default_factory=list)
@@ -128,15 +130,17 @@ def contenders_of(model, precision, xla, max_length, splits, tokenizer, rng) -> 
              for name, padding in (("full", "max_length"), ("batch", "batch"), ("bucket", "bucket"))}
     by_tokens = plan(lengths["full"], padding="bucket", batch_tokens=batch_tokens(max_length))
     plans["equal tokens"] = representative(by_tokens, FLAGS.steps), "full"
+    plans["packed"] = plan(lengths["full"], padding="pack", batch_tokens=batch_tokens(max_length)), "full"
     found = []
     for name, (plan, which) in plans.items():
         dataset, vocab = stream_lib.batches(splits[which], plan, model, tokenizer), model.config.vocab_size
-        shapes = [(int(r), int(n)) for r, n in zip(plan.examples, plan.pad_lengths[:, 0])]
-        real = np.split(lengths[which][plan.rows], np.cumsum(plan.examples)[:-1])    # per step, each row's length
-        shape_inputs = {s: synthetic(s, dataset.element_spec, rng, vocab) for s in sorted(set(shapes))}
+        shapes = [(int(r), int(n)) for r, n in zip(plan.batch_rows, plan.pad_lengths[:, 0])]
+        real = np.split(lengths[which][plan.rows], np.cumsum(plan.examples)[:-1])   # per step, each example's
+        shape_inputs = ({s: iter(dataset.take(1).repeat()) for s in set(shapes)} if plan.padding == "pack" else
+                        {s: synthetic(s, dataset.element_spec, rng, vocab) for s in sorted(set(shapes))})
         found.append(Contender(name, precision, xla, model, [iter(dataset)] * len(shapes), shapes, real, shape_inputs,
                                (id(model), repr(dataset.element_spec))))
-    by_tokens = found[-1]
+    by_tokens = next(c for c in found if c.name == "equal tokens")
     return found + [dataclasses.replace(by_tokens, name="ideal", inputs=[by_tokens.shape_inputs[s] for s in
                                                                          by_tokens.shapes], seconds=[])]
 
@@ -181,9 +185,10 @@ def measure(max_length: int, splits, tokenizer, model_dir: str) -> list[dict]:
 
 def result(c: Contender, max_length: int, first_calls: dict) -> dict:
     from trainer import flops
-    steps, seconds, token_sized = len(c.seconds), float(np.sum(c.seconds)), c.name in ("equal tokens", "ideal")
+    steps, seconds = len(c.seconds), float(np.sum(c.seconds))
+    token_sized = c.name in ("equal tokens", "ideal", "packed")
     shapes, real = c.shapes[:steps], np.concatenate(c.real_lengths[:steps])
-    examples, padded = sum(r for r, _ in shapes), sum(r * n for r, n in shapes)
+    examples, padded = len(real), sum(r * n for r, n in shapes)
     config = c.model.config
     flops_padded, flops_real = flops.padded_flops(config, *zip(*shapes)), flops.sequence_flops(config, real)
     peak, source = flops.peak_flops(c.precision, flops.device_name(), FLAGS.peak_tflops)

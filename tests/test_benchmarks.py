@@ -30,7 +30,7 @@ def test_padding_throughput_smoke(tmp_path, tiny_model_dir):
     rows = report["rows"]
     # the float32 baseline is always measured; every contender in each setting
     assert sorted((r["precision"], r["contender"]) for r in rows) == sorted(
-        (p, c) for p in ("none", "bf16") for c in ("full", "batch", "bucket", "equal tokens", "ideal"))
+        (p, c) for p in ("none", "bf16") for c in ("full", "batch", "bucket", "equal tokens", "ideal", "packed"))
     for row in rows:
         assert set(row) == FIELDS, set(row) ^ FIELDS
         assert row["max_length"] == 32 and row["xla"] is False and row["steps"] == len(row["step_ms"]) >= 1

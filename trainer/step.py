@@ -128,7 +128,8 @@ class OptimizerStep:
                       for i, (values, indices) in sparse.items()}
             return k + 1, sums, dense, sparse
 
-        _, sums, dense, sparse = tf.while_loop(lambda k, *_: k < count, body, (tf.constant(1), sums, dense, sparse))
+        _, sums, dense, sparse = tf.while_loop(lambda k, *_: k < count, body, (tf.constant(1), sums, dense, sparse),
+                                               parallel_iterations=1)   # else several micro-batches run at once
         return sums, [dense[i] if i in dense else tf.IndexedSlices(
             sparse[i][0].concat(), sparse[i][1].concat(), grads[i].dense_shape) if i in sparse else None
             for i in range(len(grads))]
