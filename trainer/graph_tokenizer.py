@@ -89,8 +89,9 @@ class GraphTokenizer(tf.Module):
         rows = tokens.nrows()
         ids = tf.concat([tf.fill([rows, 1], tf.constant(self.ids["cls"], tf.int64)), tokens,
                          tf.fill([rows, 1], tf.constant(self.ids["sep"], tf.int64))], axis=1)
-        input_ids = tf.cast(ids.to_tensor(default_value=self.ids["pad"]), tf.int32)
-        return input_ids, tf.ones_like(ids, tf.int32).to_tensor(default_value=0)
+        shape = tf.stack([rows, tf.maximum(ids.bounding_shape(axis=1), 2)])   # an empty batch too
+        input_ids = tf.cast(ids.to_tensor(default_value=self.ids["pad"], shape=shape), tf.int32)
+        return input_ids, tf.ones_like(ids, tf.int32).to_tensor(default_value=0, shape=shape)
 
     def token_ids(self, texts: tf.Tensor) -> tf.RaggedTensor:
         """[batch, (tokens)]: every text's token ids, untruncated, without [CLS] and [SEP]."""

@@ -70,7 +70,13 @@ def export(model_dir: str, spec: WordPieceSpec, max_length: int, input_names: li
                                                  "tokenize": "text -> input_ids, attention_mask"},
                 tokenizer=dict(module.tokenizer.settings, vocab_size=len(spec.vocab)),
                 tensorflow=tf.__version__, tensorflow_text=tf_text.__version__)
+    write(module, signatures, info, output_dir)
+    return info
+
+
+def write(module: tf.Module, signatures: dict, info: dict, output_dir: str) -> None:
+    """The SavedModel and its serving.json, staged beside output_dir and renamed into place (or
+    uploaded, saved_model.pb last): never half-written."""
     with storage.staged_dir(output_dir, last="saved_model.pb") as staged:
         tf.saved_model.save(module, staged, signatures=signatures)
         storage.write_json(os.path.join(staged, INFO), info)
-    return info

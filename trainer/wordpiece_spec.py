@@ -75,13 +75,14 @@ def from_json(data: dict, where: str, truncation_side: str = "right",
     cls_id, sep_id = _special_ids(data.get("post_processor"), where)
     if truncation_side != "right":
         raise _refused(where, f"it truncates on the {truncation_side}")
-    by_id = {i: token for token, i in model.get("vocab", {}).items()}
-    if sorted(by_id) != list(range(len(by_id))):
-        raise _refused(where, "its vocabulary's ids are not 0..n-1")
-    vocab, unk = tuple(by_id[i] for i in range(len(by_id))), model.get("unk_token")
-    if unk not in model["vocab"]:
+    unk = model.get("unk_token")
+    if unk not in model.get("vocab", {}):
         raise UsageError(f"{where}: its vocabulary has no {unk!r}, the token WordPiece gives a "
                          "word it cannot split: restore the model's vocab.txt and tokenizer.json")
+    by_id = {i: token for token, i in model["vocab"].items()}
+    if sorted(by_id) != list(range(len(by_id))):
+        raise _refused(where, "its vocabulary's ids are not 0..n-1")
+    vocab = tuple(by_id[i] for i in range(len(by_id)))
     lowercase, strip = bool(normalizer.get("lowercase")), normalizer.get("strip_accents")
     return WordPieceSpec(
         vocab=vocab, unk_token=unk, prefix=model.get("continuing_subword_prefix", "##"),
