@@ -30,8 +30,8 @@ def probe() -> dict:
     from tokenizers import normalizers, pre_tokenizers
 
     def step(option):
-        off = dict.fromkeys(("clean_text", "handle_chinese_chars", "strip_accents", "lowercase"), False)
-        return normalizers.BertNormalizer(**{**off, option: True}).normalize_str
+        options = ("clean_text", "handle_chinese_chars", "strip_accents", "lowercase")
+        return normalizers.BertNormalizer(**{o: o == option for o in options}).normalize_str
 
     clean, chinese = step("clean_text"), step("handle_chinese_chars")
     strip, lower = step("strip_accents"), step("lowercase")
