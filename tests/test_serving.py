@@ -169,6 +169,23 @@ def test_saved_model_cli_shows_and_runs_it(loaded, saved_model):
     assert f"Result for output key label:\n[{label.numpy()!r}]" in ran.stdout
 
 
+def test_the_serving_benchmark_runs_end_to_end(saved_model, export_dir, tmp_path):
+    """Both contenders, two batch sizes, one timed round each; their probabilities agree."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.serving_throughput", f"--model={export_dir}",
+         f"--saved_model={saved_model}", "--batch_sizes=1,3", "--rounds=1",
+         "--examples_per_round=3", f"--work_dir={tmp_path / 'work'}",
+         f"--output_dir={tmp_path / 'report'}"], cwd=ROOT, capture_output=True, text=True,
+        timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "report" / "results.json").read_text())["rows"]
+    assert [(row["batch_size"], row["examples_per_round"]) for row in rows] == [(1, 3), (3, 3)]
+    for row in rows:
+        assert set(row["examples_per_sec"]) == {"saved_model", "trainer-predict"}
+        assert row["ratio"] > 0 and row["max_probability_gap"] < 1e-5
+    assert "| 3 |" in (tmp_path / "report" / "results.md").read_text()
+
+
 def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
     """Staged beside the output and renamed into place: a failure midway leaves no output."""
     module = tf.Module()

@@ -25,7 +25,7 @@ def for_export(config: ExportConfig) -> ExportInputs:
                          "replaces one)")
     storage.check_writable(out, "--output_dir", "dir")
     model = checks.model(config.model_dir, "--model_dir", tf_only=True)
-    _check_classifier(model.dir)
+    check_classifier(model.dir)
     tokenizer = model.tokenizer
     spec = wordpiece_spec.from_json(json.loads(tokenizer.backend_tokenizer.to_str()),
                                     f"{config.model_dir}'s tokenizer", tokenizer.truncation_side,
@@ -37,7 +37,7 @@ def for_export(config: ExportConfig) -> ExportInputs:
     return ExportInputs(model, spec, max_length)
 
 
-def _check_classifier(model_dir: str) -> None:
+def check_classifier(model_dir: str) -> None:
     """A fine-tuned export has a classifier head; a pretrained encoder has none to serve."""
     import h5py
     heads = []
