@@ -27,7 +27,8 @@ import trainer  # noqa: F401  (TF_USE_LEGACY_KERAS, before TensorFlow is importe
 flags.DEFINE_string("model", MINILM, "A fine-tuned export, or a pretrained encoder to give a head.")
 flags.DEFINE_string("saved_model", None, "The model's SavedModel (default: made in --work_dir).")
 flags.DEFINE_string("source", SAMPLE_CSV, "Sentiment140 CSV whose tweets are classified.")
-flags.DEFINE_string("work_dir", "/tmp/serving_throughput/work", "Where the export and SavedModel go.")
+flags.DEFINE_string("work_dir", "/tmp/serving_throughput/work", "Where the export and SavedModel "
+                    "go.")
 flags.DEFINE_string("output_dir", "/tmp/serving_throughput/report", "Where results.json/.md go.")
 flags.DEFINE_list("batch_sizes", ["1", "256"], "Batch sizes; each is one interleaved group.")
 flags.DEFINE_integer("rounds", 8, "Timed rounds per batch size.", lower_bound=1)
