@@ -14,9 +14,11 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.config import EvaluateConfig, PredictConfig, PrepareConfig, TrainConfig  # noqa: E402
+from trainer.config import (EvaluateConfig, ExportConfig, PredictConfig, PrepareConfig,  # noqa: E402
+                            TrainConfig)
 
-TABLES = {"prepare": PrepareConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "predict": PredictConfig}
+TABLES = {"prepare": PrepareConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "predict": PredictConfig,
+          "export": ExportConfig}
 
 
 def default_text(field: dataclasses.Field) -> str:

@@ -7,7 +7,7 @@ from absl import flags
 
 from conftest import run_cli
 from trainer import cli
-from trainer.config import EvaluateConfig, PredictConfig, PrepareConfig, TrainConfig
+from trainer.config import EvaluateConfig, ExportConfig, PredictConfig, PrepareConfig, TrainConfig
 from trainer.errors import UsageError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -22,7 +22,8 @@ def parse(config_class, args):
     return cli.config_from_flags(config_class, fv)
 
 
-@pytest.mark.parametrize("config_class", [PrepareConfig, TrainConfig, EvaluateConfig, PredictConfig])
+@pytest.mark.parametrize("config_class", [PrepareConfig, TrainConfig, EvaluateConfig, PredictConfig,
+                                          ExportConfig])
 def test_one_flag_per_field_with_its_default_and_help(config_class):
     fv = flags.FlagValues()
     cli.define_flags(config_class, fv)

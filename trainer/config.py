@@ -329,3 +329,17 @@ class PredictConfig(Checked):
     def check(self) -> None:
         self.require("model_dir")
         check_encoding("encoding", self.encoding)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig(Checked):
+    """trainer-export: a SavedModel that takes raw text (its tokenizer as graph ops), for TF Serving."""
+    model_dir: str | None = setting(None, "A fine-tuned model: a training run's export/ directory (local or gs://).",
+                                    required=True, location=True)
+    output_dir: str | None = setting(None, "Where to write the SavedModel: a new directory (local or gs://), e.g. "
+                                     "models/sentiment/1 for TF Serving.", required=True, location=True)
+    max_length: int = setting(128, "Truncate texts to this many tokens, as trainer-predict does (at most the "
+                              "model's positions).", lower=8)
+
+    def check(self) -> None:
+        self.require("model_dir", "output_dir")
