@@ -26,6 +26,7 @@ flags.DEFINE_string("output_dir", "runs/quality", "Prepared data and the trainin
 flags.DEFINE_enum("mixed_precision", None, ["auto", "none", "fp16", "bf16"], "Default: the preset's.")
 flags.DEFINE_integer("batch_tokens", None, "Token-sized batches: padded tokens per step.", lower_bound=8)
 flags.DEFINE_enum("embedding_update", None, ["lazy", "dense", "frozen"], "Default: the preset's.")
+flags.DEFINE_enum("padding", None, ["max_length", "batch", "bucket", "pack"], "Default: the preset's.")
 flags.DEFINE_integer("seed", 42, "Seed of the split and of training.")
 FLAGS = flags.FLAGS
 
@@ -52,7 +53,7 @@ def _main(config, arguments):
                                              seed=FLAGS.seed))
     config = preset_config(data_dir=data_dir, model=FLAGS.model, output_dir=os.path.join(FLAGS.output_dir, "train"),
                            seed=FLAGS.seed, mixed_precision=FLAGS.mixed_precision, batch_tokens=FLAGS.batch_tokens,
-                           embedding_update=FLAGS.embedding_update, overwrite_output_dir=True)
+                           embedding_update=FLAGS.embedding_update, padding=FLAGS.padding, overwrite_output_dir=True)
     runtime.import_tensorflow()
     from trainer import train
     start = time.time()
@@ -63,8 +64,10 @@ def _main(config, arguments):
               "train_rows": manifest["splits"]["train"], "test_rows": manifest["splits"]["test"],
               "cpus": os.cpu_count(), "examples_per_sec": stats.get("examples_per_sec"),
               "padding_efficiency": stats["padding_efficiency"], "preset": FLAGS.preset,
+              "examples_seen": stats["examples_seen"],
               "overrides": {k: v for k, v in (("mixed_precision", FLAGS.mixed_precision), ("batch_tokens", FLAGS.batch_tokens),
-                                              ("embedding_update", FLAGS.embedding_update)) if v is not None}}
+                                              ("embedding_update", FLAGS.embedding_update), ("padding", FLAGS.padding))
+                            if v is not None}}
     with open(os.path.join(FLAGS.output_dir, "quality.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
