@@ -75,3 +75,14 @@ def test_accumulation_smoke(tiny_model_dir):
     assert any(line.startswith("  2 rows x 2 micro-batches: peak RSS ") for line in lines), lines[-8:]
     assert any(line.startswith("  4 rows x 1: peak RSS ") for line in lines), lines[-8:]
     assert any("accumulated / plain = " in line for line in lines), lines[-8:]
+
+
+@pytest.mark.slow
+def test_host_sync_smoke(tmp_path, tiny_model_dir):
+    result = subprocess.run([sys.executable, "-m", "benchmarks.host_sync", f"--model={tiny_model_dir}",
+                             f"--work_dir={tmp_path / 'data'}", "--max_length=32", "--batch_size=8", "--steps=4",
+                             "--rounds=1"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    for name in ("every step", "at boundaries", "4 per call"):
+        assert any(line.startswith(f"  {name}: ") and "x reading every step" in line for line in lines), lines[-6:]

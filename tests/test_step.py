@@ -31,25 +31,29 @@ def pair(tmp_path, data, model_dir, one, accumulated, **common):
                    tmp_path / name) for name, overrides in (("one", one), ("accumulated", accumulated))}
 
 
-def assert_same_steps(runs):
+def assert_same_steps(runs, examples=8 * 16):
     (one, one_dir), (accumulated, accumulated_dir) = runs["one"], runs["accumulated"]
     assert one["worker"]["rows_sha256"] == accumulated["worker"]["rows_sha256"]        # the same rows per step
-    assert one["examples_seen"] == accumulated["examples_seen"] == 8 * 16
+    assert one["examples_seen"] == accumulated["examples_seen"] == (examples or one["examples_seen"])
     np.testing.assert_allclose(logged(accumulated_dir, "loss"), logged(one_dir, "loss"), rtol=0, atol=1e-5)
     np.testing.assert_allclose(logged(accumulated_dir, "grad_norm"), logged(one_dir, "grad_norm"), rtol=1e-5)
     for a, b in zip(exported_weights(accumulated_dir), exported_weights(one_dir)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("padding", ["max_length", "bucket"])
+@pytest.mark.parametrize("padding", ["max_length", "bucket", "pack"])
 def test_four_micro_batches_of_4_are_one_batch_of_16(padding, tmp_path, small_prepared, no_dropout_model):
-    """Float32, dropout off; the accumulated run also calls 2 steps per execution."""
+    """Float32, dropout off; the accumulated run also calls 2 steps per execution. Packed: 16 packed rows, the
+    micro-batches holding different numbers of tweets, and still the mean over the step's tweets."""
     runs = pair(tmp_path, small_prepared, no_dropout_model, dict(per_replica_batch_size=16),
                 dict(per_replica_batch_size=4, gradient_accumulation_steps=4, steps_per_execution=2),
                 padding=padding)
     assert runs["accumulated"][0]["gradient_accumulation_steps"] == 4
     assert runs["accumulated"][0]["global_batch_size"] == runs["one"][0]["global_batch_size"] == 16
-    assert_same_steps(runs)
+    assert_same_steps(runs, None if padding == "pack" else 8 * 16)
+    if padding == "pack":       # tweets, not rows: about twice as many as the 8 x 16 rows
+        assert runs["one"][0]["examples_seen"] > 8 * 16 and runs["one"][0]["distinct_shapes"] == 1
+        assert runs["one"][0]["padding_efficiency"] > 0.97
 
 
 def test_two_replicas_of_two_micro_batches_clip_as_one_device(tmp_path, small_prepared, no_dropout_model):

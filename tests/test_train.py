@@ -161,6 +161,18 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path, small_prepared, no_
                                rtol=1e-3)
 
 
+def test_packed_token_sized_batches_under_mirrored_with_xla_shapes(tmp_path, small_prepared, tiny_model_dir):
+    """--padding=pack with --batch_tokens over two replicas: one shape, tweets counted, the export a plain
+    classifier that a pipeline loads."""
+    stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", strategy="mirrored",
+                                   padding="pack", batch_tokens=512, epochs=1))
+    assert stats["distinct_shapes"] == 1 and stats["padding_efficiency"] > 0.97
+    assert stats["examples_seen"] > stats["global_step"] * 16        # 8 packed rows per replica, >1 tweet each
+    assert np.isfinite(window_losses(tmp_path / "run")).all() and stats["examples"] == 64
+    classify = pipeline("text-classification", model=str(tmp_path / "run" / "export"), framework="tf", dtype=None)
+    assert classify("what a great day")[0]["label"] in {"negative", "positive"}
+
+
 def test_token_sized_batches_under_mirrored(tmp_path, small_prepared, tiny_model_dir):
     stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", strategy="mirrored",
                                    batch_tokens=256, epochs=1))
