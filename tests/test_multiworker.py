@@ -25,14 +25,16 @@ def expected_rows_digest(split, shard_index, epochs=2, global_batch_size=32, see
 
 @pytest.mark.multiprocess
 def test_two_workers_on_loopback(tmp_path, small_prepared, tiny_model_dir):
+    """MultiWorkerMirroredStrategy with gradient accumulation: each worker's rows are its shard of the
+    unaccumulated plan's global batches, and both end with the same weights."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     out = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "launch_local_workers.py"), "--num_workers=2", "--",
          f"--data_dir={small_prepared}", f"--model={tiny_model_dir}", f"--output_dir={out}",
-         "--per_replica_batch_size=16", "--epochs=2", "--learning_rate=3e-3", "--seed=1",
-         "--log_every_steps=4", "--checkpoint_every_steps=10"],
+         "--per_replica_batch_size=8", "--gradient_accumulation_steps=2", "--epochs=2", "--learning_rate=3e-3",
+         "--seed=1", "--log_every_steps=4", "--checkpoint_every_steps=10", "--mixed_precision=none"],
         capture_output=True, text=True, timeout=900, env={**os.environ, "TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     summaries = {}
@@ -43,7 +45,8 @@ def test_two_workers_on_loopback(tmp_path, small_prepared, tiny_model_dir):
     assert sorted(summaries) == [0, 1]
     # same model on both workers, after the same number of steps
     assert summaries[0]["weights_sha256"] == summaries[1]["weights_sha256"]
-    assert summaries[0]["global_step"] == summaries[1]["global_step"] == 32        # 512 rows / 32, 2 epochs
+    # 2 workers x 2 micro-batches of 8 rows: the global batch of 32, 512 rows / 32 for 2 epochs
+    assert summaries[0]["global_step"] == summaries[1]["global_step"] == 32
     # each worker trained exactly its planned shard; the shards are disjoint and cover the split
     split = datasets.load_from_disk(small_prepared)["train"]
     for k in (0, 1):
