@@ -212,6 +212,11 @@ def export_without_unk(ws):
 
 BIG = str(2**63)
 CASES = {
+    # round 4: the steering flags
+    "no micro-batch": (train("--gradient_accumulation_steps=0"), "--gradient_accumulation_steps=0: must be >= 1"),
+    "a negative norm bound": (train("--max_grad_norm=-1"), "--max_grad_norm=-1.0: must be >= 0.0"),
+    "negative recovery trials": (train("--recovery_max_trials=-1"), "--recovery_max_trials=-1: must be >= 0"),
+    "a loss bound that is no number": (train("--loss_upper_bound=nan"), "--loss_upper_bound=nan: must be a finite"),
     # round 4: files that are not regular files, exports and data trusted blindly
     "a pipe as the data's manifest": (train(), "data/manifest.json is not a regular file (a pipe, device or socket)",
                                       pipe_at("data/manifest.json")),
