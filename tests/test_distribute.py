@@ -25,6 +25,24 @@ def test_mirrored_over_two_logical_cpus():
     assert len(strategy.experimental_local_results(variable)) == 2
 
 
+@pytest.mark.parametrize("micro_batches", [1, 3])
+def test_per_replica_cuts_each_step_into_replicas_and_micro_batches_keeping_static_shapes(micro_batches):
+    """A worker's step of 12 rows over 2 replicas and K micro-batches: each replica gets [K, 6 / K, length],
+    its share of the rows, with every dimension static (TPUs compile one program per shape)."""
+    strategy = distribute.resolve_strategy("mirrored")
+    rows = tf.reshape(tf.range(12 * 4), (12, 4))
+    dataset = tf.data.Dataset.from_tensors(({"input_ids": rows}, tf.range(12))).repeat(2)
+    batches = distribute.per_replica(dataset, strategy, 1, micro_batches)
+    features, labels = next(iter(batches))
+    expected = (micro_batches, 6 // micro_batches, 4) if micro_batches > 1 else (6, 4)
+    parts = strategy.experimental_local_results(features["input_ids"])
+    assert [tuple(p.shape) for p in parts] == [expected] * 2
+    assert sorted(tf.concat([tf.reshape(p, [-1, 4]) for p in parts], 0)[:, 0].numpy().tolist()) == list(
+        range(0, 48, 4))                                        # every row once
+    specs = batches.element_spec[0]["input_ids"]
+    assert all(spec.shape.is_fully_defined() for spec in getattr(specs, "_value_specs", [specs]))
+
+
 def test_auto_without_accelerators_is_one_device(monkeypatch):
     monkeypatch.delenv("TPU_NAME", raising=False)
     assert isinstance(distribute.resolve_strategy("auto"), tf.distribute.OneDeviceStrategy)

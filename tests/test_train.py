@@ -191,9 +191,11 @@ def test_mixed_precision_run(tmp_path, small_prepared, tiny_model_dir, precision
 
 
 def test_xla_on_one_device(tmp_path, small_prepared, tiny_model_dir):
+    """Packed rows (one shape: one compilation) and 2 micro-batches per step, compiled with XLA."""
     stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", xla=True, epochs=1,
-                                   steps_per_execution=2, padding="max_length"))
-    assert stats["xla"] and stats["global_step"] == 16 and stats["distinct_shapes"] == 1
+                                   steps_per_execution=2, padding="pack", per_replica_batch_size=8,
+                                   gradient_accumulation_steps=2))
+    assert stats["xla"] and stats["global_step"] >= 8 and stats["distinct_shapes"] == 1
     assert np.isfinite(window_losses(tmp_path / "run")).all()
 
 
