@@ -122,7 +122,7 @@ def for_evaluate(config: EvaluateConfig) -> EvaluateInputs:
         storage.check_no_overlap(config.output, "--output", {"--model_dir": config.model_dir, "--data_dir": config.data_dir,
                                                              "--input": config.input})
         storage.check_writable(config.output, "--output", "file")
-        _check_not_inside_an_output(config.output, "--output")
+        check_not_inside_an_output(config.output, "--output")
         if storage.exists(config.output) and "accuracy" not in (storage.read_json(config.output) or {}):
             raise UsageError(f"--output={config.output} exists and is not a metrics file: pass a new file path")
     checked = model(config.model_dir, "--model_dir", tf_only=True)
@@ -140,7 +140,7 @@ def for_evaluate(config: EvaluateConfig) -> EvaluateInputs:
     return EvaluateInputs(checked, data)
 
 
-def _check_not_inside_an_output(path: str, flag: str) -> None:
+def check_not_inside_an_output(path: str, flag: str) -> None:
     """A file written into a training run or a prepared dataset would replace or add to what is not its own."""
     if storage.is_url(path):
         return

@@ -19,7 +19,7 @@ class ExportInputs:
 def for_export(config: ExportConfig) -> ExportInputs:
     out = config.output_dir
     storage.check_no_overlap(out, "--output_dir", {"--model_dir": config.model_dir})
-    checks._check_not_inside_an_output(out, "--output_dir")
+    checks.check_not_inside_an_output(out, "--output_dir")
     if storage.exists(out) if storage.is_url(out) else os.path.lexists(out):
         raise UsageError(f"--output_dir={out} exists: pass a new directory (an export never "
                          "replaces one)")
