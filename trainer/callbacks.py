@@ -256,15 +256,8 @@ class Recovery:
     FACTOR = 0.5
 
     def __init__(self, path: str, url: str, max_trials: int, checkpoint_every: int, is_chief: bool):
-        self.path, self.url, self.max_trials, self.every, self.is_chief = path, url, max_trials, checkpoint_every, \
-            is_chief
-        state = {"recoveries": [], "stopped": None}
-        if os.path.exists(path):
-            state = storage.read_json(path)
-            fix = "restore it from a copy, or pass --overwrite_output_dir to start afresh"
-            if state is None:
-                raise UsageError(f"{url}/{rundir.RECOVERIES} is damaged (not JSON): {fix}")
-            schema.check(state, schema.RECOVERIES, f"{url}/{rundir.RECOVERIES}", fix)
+        self.path, self.max_trials, self.every, self.is_chief = path, max_trials, checkpoint_every, is_chief
+        state = rundir.read_state(path, f"{url}/{rundir.RECOVERIES}", schema.RECOVERIES) or {"recoveries": []}
         self.entries, self.stopped = state["recoveries"], state.get("stopped")
 
     @property

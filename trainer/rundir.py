@@ -321,15 +321,10 @@ def check_identity(run_dir: RunDir, settings: dict, flags: dict, legacy: dict | 
     in one line any difference. `flags` maps a setting to the flag that sets it, for the message; `legacy` gives
     the value a setting had before run.json recorded it. Returns the run id its checkpoints and best weights
     carry (None for a run made before run ids were recorded)."""
-    legacy = legacy or {}
-    path, recorded = run_dir.file(IDENTITY), None
-    if os.path.exists(path):
-        recorded = storage.read_json(path)
-        fix = "restore it from a copy, or pass --overwrite_output_dir to start afresh, or another --output_dir"
-        if recorded is None:
-            raise UsageError(f"{run_dir.url}/{IDENTITY} is damaged (not JSON): {fix}")
-        schema.check(recorded, schema.RUN_IDENTITY, f"{run_dir.url}/{IDENTITY}", fix)
-        run_id, recorded = recorded.get("run_id"), {**legacy, **recorded["settings"]}
+    path, recorded = run_dir.file(IDENTITY), read_state(run_dir.file(IDENTITY), f"{run_dir.url}/{IDENTITY}",
+                                                        schema.RUN_IDENTITY)
+    if recorded is not None:
+        run_id, recorded = recorded.get("run_id"), {**(legacy or {}), **recorded["settings"]}
     elif has_checkpoints(run_dir):
         raise UsageError(f"{run_dir.url} holds checkpoints but no {IDENTITY} saying which settings made them: restore "
                          "the file, or pass --overwrite_output_dir to start afresh, or another --output_dir")
@@ -346,6 +341,19 @@ def check_identity(run_dir: RunDir, settings: dict, flags: dict, legacy: dict | 
         raise UsageError(f"{run_dir.url} is a run with other settings ({shown}): rerun with the recorded values to "
                          "resume it, or pass --overwrite_output_dir to start afresh, or another --output_dir")
     return run_id
+
+
+def read_state(path: str, shown: str, spec: dict) -> dict | None:
+    """One of the run's state files (run.json, recoveries.json), checked against its schema; None if it is not
+    there. A damaged one is refused: the run cannot go on without knowing what it said."""
+    if not os.path.exists(path):
+        return None
+    found = storage.read_json(path)
+    fix = "restore it from a copy, or pass --overwrite_output_dir to start afresh, or another --output_dir"
+    if found is None:
+        raise UsageError(f"{shown} is damaged (not JSON): {fix}")
+    schema.check(found, spec, shown, fix)
+    return found
 
 
 def recorded(run_dir: RunDir, name: str):
