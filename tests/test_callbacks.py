@@ -23,7 +23,7 @@ def logged_loop(tmp_path, name, plan, log_every, model, **loop_settings):
     meter = callbacks.Meter(MODEL_CONFIG, np.full(plan.rows.size, 7))
     logger = callbacks.StepLogger(str(tmp_path / name), str(tmp_path / f"{name}.csv"), plan.steps, peak_flops=1e12)
     settings = dict(total_steps=plan.steps, log_every=log_every, eval_every=10**6, checkpoint_every=10**6)
-    loop = train.Loop(meter=meter, logger=logger, saver=callbacks.Checkpoints(model, manager, "", 0),
+    loop = train.Loop(meter=meter, logger=logger, saver=callbacks.Checkpoints(model, manager, "", 0, keep=100),
                       sums=model.optimizer_step.read_and_reset, **{**settings, **loop_settings})
     loop.start_epoch(plan, plan.steps)
     return loop, manager
@@ -115,7 +115,7 @@ def trained_saver(directory, max_to_keep, resumed=0):
     model = small_model()
     model.fit(batches_of([4]), epochs=1, verbose=0)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(directory), max_to_keep=max_to_keep)
-    return model, manager, callbacks.Checkpoints(model, manager, "RUN/checkpoints", resumed)
+    return model, manager, callbacks.Checkpoints(model, manager, "RUN/checkpoints", resumed, keep=max_to_keep)
 
 
 def test_a_checkpoint_of_non_finite_weights_is_never_written(tmp_path):

@@ -219,8 +219,8 @@ class Checkpoints:
     """
 
     def __init__(self, model, manager: tf.train.CheckpointManager, run_checkpoints: str, resumed_step: int,
-                 on_saved=lambda: None):
-        self.model, self.manager, self.on_saved = model, manager, on_saved
+                 keep: int = 2, on_saved=lambda: None):
+        self.model, self.manager, self.keep, self.on_saved = model, manager, keep, on_saved   # keep: max_to_keep
         self.saved_step = resumed_step or None
         self.kept = [(resumed_step, run_checkpoints)] if resumed_step else []      # (step, directory), oldest first
 
@@ -235,7 +235,7 @@ class Checkpoints:
         except (tf.errors.OpError, OSError) as e:
             raise storage.no_space(e, self.manager.directory) or e
         self.saved_step = step
-        self.kept = [*self.kept, (step, self.manager.directory)][-(self.manager._max_to_keep or 0):]
+        self.kept = [*self.kept, (step, self.manager.directory)][-self.keep:]
         self.on_saved()
         return True
 

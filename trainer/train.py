@@ -169,6 +169,7 @@ def load_data(config: TrainConfig, inputs: checks.TrainInputs, setup: Setup) -> 
 # else may change on a resume: log/eval/checkpoint intervals, profiling, steps_per_execution, xla, export,
 # early stopping, recovery (--recovery_max_trials, --loss_upper_bound), and the strategy as long as replicas and
 # workers stay the same.
+KEEP_CHECKPOINTS = 2      # the rolling checkpoints kept (the best weights are kept apart)
 LEGACY_IDENTITY = {"gradient_accumulation_steps": 1, "max_grad_norm": 0.0}   # runs whose run.json predates them
 
 IDENTITY_FLAGS = {"data": "--data_dir (its content)", "model": "--model (its shape)", "replicas": "replicas",
@@ -258,7 +259,7 @@ def restore(trainable: Trainable, run_dir, run_id: str | None, keep_initial: boo
         print(f"{run_dir.url} has no checkpoint of this run (the run stopped before its first, or they were removed):"
               " training starts at step 0", flush=True)
     trainable.manager = tf.train.CheckpointManager(trainable.checkpoint, os.path.join(
-        run_dir.path if run_dir.is_chief else trainable.scratch, rundir.CHECKPOINTS), max_to_keep=2)
+        run_dir.path if run_dir.is_chief else trainable.scratch, rundir.CHECKPOINTS), max_to_keep=KEEP_CHECKPOINTS)
     for name in (rundir.STEPS_CSV, rundir.VALIDATION_CSV):
         callbacks.drop_csv_rows_after(run_dir.file(name), step)
     return step
@@ -434,7 +435,7 @@ def make_loop(run: Run, resumed_from_step: int) -> Loop:
     logger = callbacks.StepLogger(os.path.join(logs, "train"), run_dir.file(rundir.STEPS_CSV), data.total_steps,
                                   setup.peak_flops, resumed_from_step) if is_chief else None
     saver = callbacks.Checkpoints(trainable.classifier, trainable.manager, run_dir.file(rundir.CHECKPOINTS),
-                                  resumed_from_step, on_saved=run_dir.sync)
+                                  resumed_from_step, KEEP_CHECKPOINTS, on_saved=run_dir.sync)
     validation, eval_every = None, config.eval_every_steps or data.steps_per_epoch
     if "validation" in data.splits:
         best = callbacks.Best(trainable.classifier, run_dir.file(rundir.BEST), config.best_metric, resumed_from_step,
