@@ -259,7 +259,7 @@ REFUSALS = {
     "a pretrained encoder": ("{ws}/model", "{ws}/out", "holds no classifier head"),
     "PyTorch-layout weights": (str(MINILM), "{ws}/out", "holds no tf_model.h5"),
     "a directory that is no model": ("{ws}/notes", "{ws}/out", "holds no usable config.json"),
-    "a vocabulary without [UNK]": ("{ws}/nounk", "{ws}/out", "its vocabulary has no '[UNK]'",
+    "a vocabulary without [UNK]": ("{ws}/nounk", "{ws}/out", "cannot encode an unknown word",
                                    vocabulary_without_unk),
     "a tokenizer that is not BERT's": ("{ws}/other", "{ws}/out", "its pre-tokenizer is Whitespace, "
                                        "not BertPreTokenizer: only BERT-style WordPiece tokenizers",
