@@ -67,9 +67,9 @@ class Scorer:
                                                  weights=weights, dtype=tf.float32)
             return loss, confusion
 
-        step = tf.function(step, jit_compile=jit_compile or None, reduce_retracing=True)
+        step = tf.function(step, jit_compile=jit_compile or None, reduce_retracing=True, autograph=False)
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def distributed_step(batch):
             sums = strategy.run(step, args=batch)
             return [strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]

@@ -38,8 +38,11 @@ def _packed(classifier, tokenizer, texts, batch_size, max_length) -> np.ndarray:
     split = datasets.Dataset.from_dict({"input_ids": ids, "label": [0] * len(ids)})
     plan = stream.plan_batches(np.asarray([len(row) for row in ids]), padding="pack",
                                global_batch_size=batch_size, max_length=max_length)
-    probabilities = tf.function(lambda features: tf.nn.softmax(
-        tf.cast(packed.segment_logits(classifier, features), tf.float32), axis=-1))
+
+    @tf.function(autograph=False)
+    def probabilities(features):
+        return tf.nn.softmax(tf.cast(packed.segment_logits(classifier, features), tf.float32), axis=-1)
+
     batches = stream.packed_batches(split, plan, tokenizer.pad_token_id,
                                     stream.takes_token_types(classifier))
     found = [probabilities(features).numpy()[labels.numpy() >= 0] for features, labels in batches]

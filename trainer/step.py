@@ -61,6 +61,7 @@ class OptimizerStep:
             variable.assign(tf.zeros_like(variable))
         return read
 
+    @tf.autograph.experimental.do_not_convert     # plain graph code: AutoGraph would only re-parse HF's layers
     def train_step(self, data):
         features, labels = data
         if tf.nest.flatten(features)[0].shape.rank == 2:    # [rows, length]: one micro-batch, without the K axis
