@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny BERT built offline, the shared Sentiment140 sample prepared with it, two logical CPU
 devices so MirroredStrategy can be tested without GPUs, and GPUs hidden so CPU facts hold on any host (tests
 that need a real GPU are marked `gpu` and start their own processes with the GPUs visible)."""
+import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -102,6 +104,40 @@ def run_cli(command: str, *args, stdin=None, env=None, timeout=600, cwd=None) ->
     return result
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked slow first: pytest-xdist's worksteal hands out the collection in order, so the long ones
+    start at once and the short ones fill in around them, instead of one long test ending the suite alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
+    """The directory `build(path)` writes, built once per test session by whichever pytest-xdist worker asks
+    first; the others wait on its lock, then reuse it. Session fixtures are read-only to the tests, so sharing
+    them across workers changes only the time (each worker built its own)."""
+    import filelock
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent / f"shared-{run}" if run else root / "shared"
+    root.mkdir(exist_ok=True)
+    path, done = root / name, root / f"{name}.done"
+    with filelock.FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)        # what a failed build left
+            build(path)
+            done.touch()
+    return path
+
+
+def built_run(tmp_path_factory, name: str, config_of) -> tuple[pathlib.Path, dict]:
+    """A training run built once per session (built_once): its directory and the stats train.run returned."""
+    def build(path):
+        from trainer import train
+        stats = train.run(config_of(path / "run"))
+        (path / "stats.json").write_text(json.dumps(stats))
+    path = built_once(tmp_path_factory, name, build)
+    return path / "run", json.loads((path / "stats.json").read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer, hidden-32 BERT with a 1000-token WordPiece vocabulary built from the shared sample."""
@@ -109,7 +145,8 @@ def tiny_model_dir(tmp_path_factory):
     from trainer.config import SourceConfig
     from trainer.data import readers
     rows = readers.read_rows(SourceConfig(input=str(SAMPLE_CSV)), readers.ReadStats())
-    return tiny_bert.build(str(tmp_path_factory.mktemp("tiny-bert")), (t for t, _ in rows), vocab_size=1000)
+    return str(built_once(tmp_path_factory, "tiny-bert",
+                          lambda path: tiny_bert.build(str(path), (t for t, _ in rows), vocab_size=1000)))
 
 
 def prepare_config(source, output_dir, model, **kwargs):
@@ -120,23 +157,22 @@ def prepare_config(source, output_dir, model, **kwargs):
 @pytest.fixture(scope="session")
 def tiny_minilm_vocab_model(tmp_path_factory):
     """The tiny BERT (2 layers, hidden 32) with all-MiniLM-L6-v2's tokenizer files: it reads prepared_sample."""
-    import shutil
     import transformers
     from trainer import tiny_bert
-    path = str(tmp_path_factory.mktemp("tiny-minilm-vocab"))
-    tiny_bert.save(path, transformers.AutoTokenizer.from_pretrained(str(MINILM)))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(MINILM / name, path)             # the very files: the data's tokenizer fingerprint
-    return path
+
+    def build(path):
+        tiny_bert.save(str(path), transformers.AutoTokenizer.from_pretrained(str(MINILM)))
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+            shutil.copy(MINILM / name, path)             # the very files: the data's tokenizer fingerprint
+    return str(built_once(tmp_path_factory, "tiny-minilm-vocab", build))
 
 
 @pytest.fixture(scope="session")
 def prepared_sample(tmp_path_factory):
     """The 20,000-row shared sample, prepared with the real uncased BERT tokenizer at max_length 64."""
     from trainer.data import prepare
-    out = tmp_path_factory.mktemp("prepared") / "sample"
-    prepare.prepare(prepare_config(SAMPLE_CSV, out, MINILM, max_length=64))
-    return str(out)
+    return str(built_once(tmp_path_factory, "prepared-sample", lambda out: prepare.prepare(
+        prepare_config(SAMPLE_CSV, out, MINILM, max_length=64))))
 
 
 @pytest.fixture(scope="session")
@@ -144,13 +180,14 @@ def small_prepared(tmp_path_factory, tiny_model_dir):
     """640 rows of the sample (train 512 / validation 64 / test 64): fast training tests."""
     from trainer.config import SourceConfig
     from trainer.data import prepare, readers
-    rows = list(readers.read_rows(SourceConfig(input=str(SAMPLE_CSV)), readers.ReadStats()))
-    picked = rows[:320] + rows[-320:]   # the sample is sorted by label: take both ends
-    tmp = tmp_path_factory.mktemp("small")
-    csv_path = write_sentiment140(tmp / "small.csv", [(0 if label == "negative" else 4, text) for text, label in picked])
-    out = tmp / "prepared"
-    prepare.prepare(prepare_config(csv_path, out, tiny_model_dir, max_length=64))
-    return str(out)
+    def build(path):
+        rows = list(readers.read_rows(SourceConfig(input=str(SAMPLE_CSV)), readers.ReadStats()))
+        picked = rows[:320] + rows[-320:]   # the sample is sorted by label: take both ends
+        path.mkdir()
+        csv_path = write_sentiment140(path / "small.csv", [(0 if label == "negative" else 4, text)
+                                                           for text, label in picked])
+        prepare.prepare(prepare_config(csv_path, path / "prepared", tiny_model_dir, max_length=64))
+    return str(built_once(tmp_path_factory, "small", build) / "prepared")
 
 
 @pytest.fixture(autouse=True)
@@ -175,20 +212,16 @@ def train_config(data_dir, model_dir, output_dir, **overrides):
 def one_device_run(tmp_path_factory, small_prepared, tiny_model_dir):
     """One finished training run (2 epochs of 16 steps, validation every 8 steps, profile of steps 3-4) whose
     outputs several tests read."""
-    from trainer import train
-    out = tmp_path_factory.mktemp("runs") / "one_device"
-    stats = train.run(train_config(small_prepared, tiny_model_dir, out, profile_steps=(3, 4), eval_every_steps=8))
-    return out, stats
+    return built_run(tmp_path_factory, "one-device-run", lambda out: train_config(
+        small_prepared, tiny_model_dir, out, profile_steps=(3, 4), eval_every_steps=8))
 
 
 @pytest.fixture(scope="session")
 def no_dropout_model(tiny_model_dir, tmp_path_factory):
     """The tiny BERT without dropout: training is then a pure function of data order and optimizer state."""
-    import json
-    import shutil
-    path = tmp_path_factory.mktemp("no-dropout")
-    shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
-    config = json.loads((path / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (path / "config.json").write_text(json.dumps(config))
-    return str(path)
+    def build(path):
+        shutil.copytree(tiny_model_dir, path)
+        config = json.loads((path / "config.json").read_text())
+        config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        (path / "config.json").write_text(json.dumps(config))
+    return str(built_once(tmp_path_factory, "no-dropout", build))

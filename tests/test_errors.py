@@ -476,6 +476,7 @@ def test_predict_from_a_never_ending_stdin_is_one_line(ws):
     assert snapshot(ws.parent) == before
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_a_checkpoint_is_written_is_one_line_and_the_rerun_resumes(ws, namespaces, tmp_path_factory):
     """The run directory's disk has room for the run's logs but not its first checkpoint: one line naming the
     path and the disk, exit 2. Once there is room, the same command resumes and finishes."""

@@ -23,6 +23,7 @@ def expected_rows_digest(split, shard_index, epochs=2, global_batch_size=32, see
     return digest.hexdigest()
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_workers_on_loopback(tmp_path, small_prepared, tiny_model_dir):
     """MultiWorkerMirroredStrategy with gradient accumulation: each worker's rows are its shard of the

@@ -1,5 +1,6 @@
 """trainer-predict: one line per text (label, probability, text), from arguments or stdin."""
 import numpy as np
+import pytest
 
 from conftest import run_cli
 from trainer import hub, model, predict
@@ -19,6 +20,7 @@ def test_predict_function_matches_the_model(one_device_run):
         assert abs(probability - by_hand.max()) < 1e-5
 
 
+@pytest.mark.slow
 def test_predict_cli_arguments_and_stdin(one_device_run):
     """Both ways in print, for each text, the label and probability (4 decimals) the predict function gives."""
     export = str(one_device_run[0] / "export")

@@ -8,6 +8,7 @@ import signal
 
 import datasets
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import run_cli, start_with_fault, wait_until_ready
@@ -32,6 +33,7 @@ def steps_in(path):
         return [int(row["step"]) for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_rerun_resumes_exactly(tmp_path, small_prepared, no_dropout_model):
     out, ready = tmp_path / "killed", tmp_path / "ready"
     args = train_args(small_prepared, no_dropout_model, out)
@@ -66,6 +68,7 @@ def test_kill_9_mid_epoch_then_rerun_resumes_exactly(tmp_path, small_prepared, n
     np.testing.assert_allclose(a(inputs).logits.numpy(), b(inputs).logits.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_at_once_exits_0_and_resumes(tmp_path, small_prepared, no_dropout_model):
     out = tmp_path / "run"
     args = train_args(small_prepared, no_dropout_model, out, "--max_steps=48")
@@ -78,6 +81,7 @@ def test_sigterm_saves_at_once_exits_0_and_resumes(tmp_path, small_prepared, no_
     assert rerun.returncode == 0 and json.loads((out / "metrics.json").read_text())["resumed_from_step"] == 40
 
 
+@pytest.mark.slow
 def test_non_finite_weights_are_never_checkpointed(tmp_path, small_prepared, tiny_model_dir):
     """The loss of step 6 is finite (computed before its update) but the weights after it are not. Without a
     recovery trial the run stops in one line naming the rerun that resumes it."""
@@ -99,6 +103,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, small_prepared, tin
     assert not (out / "export").exists() and not (out / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_one_process_per_run_directory_and_kill_9_frees_it(tmp_path, small_prepared, tiny_model_dir):
     out, ready = tmp_path / "run", tmp_path / "ready"
     args = train_args(small_prepared, tiny_model_dir, out, "--max_steps=40")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import train_config
+from conftest import built_once, train_config
 from trainer import callbacks, rundir, storage, train
 from trainer.errors import UsageError
 
@@ -70,11 +70,15 @@ def stopped(out, data, model, **overrides):
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory, small_prepared, no_dropout_model):
     """A run stopped at step 12, another run (seed 2) stopped there too, and the uninterrupted run."""
-    root = tmp_path_factory.mktemp("state")
-    whole = train.run(config(small_prepared, no_dropout_model, root / "whole"))
+    def build(root):
+        whole = train.run(config(small_prepared, no_dropout_model, root / "whole"))
+        (root / "whole.json").write_text(json.dumps(whole))
+        stopped(root / "stopped", small_prepared, no_dropout_model)
+        stopped(root / "other", small_prepared, no_dropout_model, seed=2)
+    root = built_once(tmp_path_factory, "state", build)
     return dataclasses.make_dataclass("Runs", ["stopped", "other", "whole", "data", "model"])(
-        stopped(root / "stopped", small_prepared, no_dropout_model),
-        stopped(root / "other", small_prepared, no_dropout_model, seed=2), whole, small_prepared, no_dropout_model)
+        root / "stopped", root / "other", json.loads((root / "whole.json").read_text()), small_prepared,
+        no_dropout_model)
 
 
 def snapshot(root) -> dict:

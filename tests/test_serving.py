@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_text  # noqa: E402,F401  (registers the SavedModel's ops)
 
-from conftest import MINILM, ROOT, run_cli  # noqa: E402
+from conftest import MINILM, ROOT, built_once, run_cli  # noqa: E402
 from test_errors import assert_refused, snapshot  # noqa: E402
 from test_graph_tokenizer import HOSTILE  # noqa: E402
 from trainer import hub, predict, serving, serving_checks  # noqa: E402
@@ -31,12 +31,13 @@ SAVED_MODEL_CLI = pathlib.Path(sys.executable).parent / "saved_model_cli"
 @pytest.fixture(scope="session")
 def saved_model(tmp_path_factory, one_device_run):
     """trainer-export on the tiny run's export; --max_length=512 is clipped to its 128 positions."""
-    out = tmp_path_factory.mktemp("serving") / "sentiment" / "1"
-    result = run_cli("export", f"--model_dir={one_device_run[0] / 'export'}", f"--output_dir={out}",
-                     "--max_length=512")
-    assert result.returncode == 0 and result.stderr == "", result.stderr[-3000:]
-    assert f"wrote {out}" in result.stdout and "max_length 128; float32" in result.stdout
-    return out
+    def build(root):
+        out = root / "sentiment" / "1"
+        result = run_cli("export", f"--model_dir={one_device_run[0] / 'export'}", f"--output_dir={out}",
+                         "--max_length=512")
+        assert result.returncode == 0 and result.stderr == "", result.stderr[-3000:]
+        assert f"wrote {out}" in result.stdout and "max_length 128; float32" in result.stdout
+    return built_once(tmp_path_factory, "serving", build) / "sentiment" / "1"
 
 
 @pytest.fixture(scope="session")

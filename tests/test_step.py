@@ -41,6 +41,7 @@ def assert_same_steps(runs, examples=8 * 16):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padding", ["max_length", "bucket", "pack"])
 def test_four_micro_batches_of_4_are_one_batch_of_16(padding, tmp_path, small_prepared, no_dropout_model):
     """Float32, dropout off; the accumulated run also calls 2 steps per execution. Packed: 16 packed rows, the
@@ -56,6 +57,7 @@ def test_four_micro_batches_of_4_are_one_batch_of_16(padding, tmp_path, small_pr
         assert runs["one"][0]["padding_efficiency"] > 0.97
 
 
+@pytest.mark.slow
 def test_two_replicas_of_two_micro_batches_clip_as_one_device(tmp_path, small_prepared, no_dropout_model):
     """2 replicas x 2 micro-batches of 4 against 1 replica x 16, with a norm bound every step passes: the norm
     is the global one, taken after the all-reduce, so both clip every step alike."""
@@ -67,6 +69,7 @@ def test_two_replicas_of_two_micro_batches_clip_as_one_device(tmp_path, small_pr
     assert_same_steps(runs)
 
 
+@pytest.mark.slow
 def test_a_kill_mid_accumulation_resumes_exactly(tmp_path, small_prepared, no_dropout_model):
     """Checkpoints hold optimizer steps only: stopped after step 5 (of 4 micro-batches each) and resumed, the run
     ends with the uninterrupted run's weights."""

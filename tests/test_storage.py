@@ -112,6 +112,7 @@ def test_bucket_files_and_lease(gcs):
     rundir.BucketLock("gs://bkt/t/run").release()      # a dead holder on this host: taken over
 
 
+@pytest.mark.slow
 def test_prepare_train_kill_resume_evaluate_through_a_bucket(gcs, tmp_path, tiny_model_dir):
     """The issue's end-to-end path; nothing local may appear under ./gs: (the working directory is tmp_path)."""
     env = {**os.environ, **gcs}

@@ -116,6 +116,7 @@ def test_export_reloads_in_a_pipeline(one_device_run):
     assert classify("what a great day")[0]["label"] in {"negative", "positive"}
 
 
+@pytest.mark.slow
 def test_validation_every_50_steps_over_two_epochs(tmp_path, small_prepared, tiny_model_dir):
     """2 epochs of 102 steps (batch 5), validation every 50 steps."""
     out = tmp_path / "run"
@@ -141,6 +142,7 @@ def test_export_last(tmp_path, small_prepared, tiny_model_dir):
     assert trainer_json["weights"] == "last" and trainer_json["global_step"] == 4
 
 
+@pytest.mark.slow
 def test_the_tiny_model_learns(tmp_path, small_prepared, no_dropout_model):
     """It fits its 512 training rows (lr 1e-3, 10 epochs: the window loss falls below half its first value)."""
     train.run(train_config(small_prepared, no_dropout_model, tmp_path / "run", epochs=10, learning_rate=1e-3,
@@ -149,6 +151,7 @@ def test_the_tiny_model_learns(tmp_path, small_prepared, no_dropout_model):
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_cpus_matches_one_device(tmp_path, small_prepared, no_dropout_model):
     """Two replicas of 16 rows compute what one device does with 32 (up to float summation order)."""
     runs = {}
@@ -161,6 +164,7 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path, small_prepared, no_
                                rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_packed_token_sized_batches_under_mirrored_with_xla_shapes(tmp_path, small_prepared, tiny_model_dir):
     """--padding=pack with --batch_tokens over two replicas: one shape, tweets counted, the export a plain
     classifier that a pipeline loads."""
@@ -190,6 +194,7 @@ def test_mixed_precision_run(tmp_path, small_prepared, tiny_model_dir, precision
     assert {w.dtype for w in weights} == {tf.float32}
 
 
+@pytest.mark.slow
 def test_xla_on_one_device(tmp_path, small_prepared, tiny_model_dir):
     """Packed rows (one shape: one compilation) and 2 micro-batches per step, compiled with XLA."""
     stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", xla=True, epochs=1,
@@ -230,6 +235,7 @@ def test_overwrite_output_dir_keeps_the_old_run_when_the_new_one_is_refused(one_
     assert (out / "metrics.json").exists() and (out / "export" / "tf_model.h5").exists()
 
 
+@pytest.mark.slow
 def test_the_command_prints_progress_lines_without_a_terminal(tmp_path, small_prepared, tiny_model_dir):
     result = run_cli("train", f"--data_dir={small_prepared}", f"--model={tiny_model_dir}",
                      f"--output_dir={tmp_path / 'run'}", "--strategy=one_device", "--max_steps=20",
@@ -247,6 +253,7 @@ DIVERGING = dict(per_replica_batch_size=16, mixed_precision="fp16", learning_rat
                  eval_every_steps=20, recovery_max_trials=8)
 
 
+@pytest.mark.slow
 def test_a_real_divergence_is_recovered_and_the_run_finishes(tmp_path, prepared_sample, tiny_minilm_vocab_model,
                                                              capsys):
     """fp16 at a learning rate of 1.0 diverges within ~10 steps: the run resumes from its newest checkpoint (or
@@ -282,6 +289,7 @@ def test_a_real_divergence_is_recovered_and_the_run_finishes(tmp_path, prepared_
         train.run(config)
 
 
+@pytest.mark.slow
 def test_without_trials_a_divergence_stops_in_one_line_and_more_trials_resume_it(tmp_path, small_prepared,
                                                                                  tiny_model_dir, capsys):
     """A loss above --loss_upper_bound at step 1, no trial: the run stops naming what resumes it; the same command
