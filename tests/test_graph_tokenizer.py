@@ -8,6 +8,7 @@ import unicodedata
 
 import pytest
 
+pytestmark = pytest.mark.serving      # make test-serving: CI runs it after make test
 pytest.importorskip("tensorflow_text", reason="tensorflow-text is not installed: pip install -e "
                     "'.[serving]' (the test extra has it)")
 

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.serving      # make test-serving: CI runs it after make test
 pytest.importorskip("tensorflow_text", reason="tensorflow-text is not installed: pip install -e "
                     "'.[serving]' (the test extra has it)")
 
