@@ -321,8 +321,8 @@ def check_identity(run_dir: RunDir, settings: dict, flags: dict, legacy: dict | 
     in one line any difference. `flags` maps a setting to the flag that sets it, for the message; `legacy` gives
     the value a setting had before run.json recorded it. Returns the run id its checkpoints and best weights
     carry (None for a run made before run ids were recorded)."""
-    path, recorded = run_dir.file(IDENTITY), read_state(run_dir.file(IDENTITY), f"{run_dir.url}/{IDENTITY}",
-                                                        schema.RUN_IDENTITY)
+    path = run_dir.file(IDENTITY)
+    recorded = read_state(path, f"{run_dir.url}/{IDENTITY}", schema.RUN_IDENTITY)
     if recorded is not None:
         run_id, recorded = recorded.get("run_id"), {**(legacy or {}), **recorded["settings"]}
     elif has_checkpoints(run_dir):
