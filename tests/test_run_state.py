@@ -129,9 +129,27 @@ OUTCOMES = {   # file -> (expected outcome, a word its line says); the best file
 HOWS = ("deleted", "truncated", "garbled", "replaced")
 
 
+FINISHED = "truncated"      # these run to the end; the other kinds of damage stop once the run has restored
+
+
+class Restored(BaseException):
+    """Raised where training would begin: restore and the loop's setup have decided about every file."""
+
+
+def until_restored():
+    """The run stops where training would begin, raising Restored with the step it resumed from."""
+    def replacement(original):
+        def train_loop(run, loop):
+            raise Restored(loop.step)
+        return train_loop
+    return patched(train, "train_loop", replacement)
+
+
 @pytest.mark.parametrize("how", HOWS)
 @pytest.mark.parametrize("relative", OUTCOMES)
 def test_a_damaged_file_of_a_stopped_run(relative, how, runs, tmp_path, capsys):
+    """Every decision about a damaged file is made, and said, before training begins: all kinds of damage are
+    run to there, and the truncated file of each kind to the end of the run."""
     run_dir = tmp_path / "run"
     shutil.copytree(runs.stopped, run_dir)
     name = best_file(run_dir, relative[len("best/"):]) if relative.startswith("best/.") else relative
@@ -145,13 +163,19 @@ def test_a_damaged_file_of_a_stopped_run(relative, how, runs, tmp_path, capsys):
         assert_refused(refused.value, "--seed was 2, now 1" if how == "replaced" else "run.json", "--overwrite_output_dir")
         assert snapshot(run_dir) == before
         return
-    stats = train.run(config(runs.data, runs.model, run_dir))
+    resumed_from = int(outcome.split()[1])
+    if how == FINISHED:
+        stats = train.run(config(runs.data, runs.model, run_dir))
+        assert_finished(stats, resumed_from)
+        assert (run_dir / rundir.METRICS).exists() and (run_dir / "export" / "tf_model.h5").exists()
+    else:
+        with until_restored(), pytest.raises(Restored) as restored:
+            train.run(config(runs.data, runs.model, run_dir))
+        assert restored.value.args[0] == resumed_from
     out = capsys.readouterr().out
     if how == "replaced" and relative.startswith("best/"):
         says = ""       # the other run's best may name the same step: nothing then tells them apart
     assert says in out, out[-2000:]
-    assert_finished(stats, int(outcome.split()[1]))
-    assert (run_dir / rundir.METRICS).exists() and (run_dir / "export" / "tf_model.h5").exists()
 
 
 def test_no_intact_checkpoint_is_refused_and_nothing_restarts_from_0(runs, tmp_path):
@@ -359,8 +383,8 @@ def test_a_run_file_of_the_wrong_kind_is_refused(name, kind, runs, tmp_path):
         train.run(config(runs.data, runs.model, run_dir))
     assert_refused(refused.value, f"{name} is not a {'directory' if kind == 'file' else 'file'}")
     assert snapshot(run_dir) == before
-    stats = train.run(config(runs.data, runs.model, run_dir, overwrite_output_dir=True))
-    assert_finished(stats, 0)
+    if name == "checkpoints":       # the way out it names (the same for every kind)
+        assert_finished(train.run(config(runs.data, runs.model, run_dir, overwrite_output_dir=True)), 0)
 
 
 def test_a_run_whose_checkpoints_were_removed_says_it_starts_at_0(runs, tmp_path, capsys):

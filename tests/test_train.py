@@ -117,14 +117,15 @@ def test_export_reloads_in_a_pipeline(one_device_run):
 
 
 @pytest.mark.slow
-def test_validation_every_50_steps_over_two_epochs(tmp_path, small_prepared, tiny_model_dir):
-    """2 epochs of 102 steps (batch 5), validation every 50 steps."""
+def test_validation_every_25_steps_over_two_epochs(tmp_path, small_prepared, tiny_model_dir):
+    """2 epochs of 51 steps (255 rows, batch 5), validation every 25 steps across the epoch's end."""
     out = tmp_path / "run"
-    stats = train.run(train_config(small_prepared, tiny_model_dir, out, per_replica_batch_size=5, eval_every_steps=50,
-                                   log_every_steps=50, checkpoint_every_steps=100, learning_rate=1e-3))
-    assert stats["global_step"] == 204
+    stats = train.run(train_config(small_prepared, tiny_model_dir, out, per_replica_batch_size=5, eval_every_steps=25,
+                                   log_every_steps=25, checkpoint_every_steps=50, learning_rate=1e-3,
+                                   max_train_examples=255))
+    assert stats["global_step"] == 102
     validation = scalars(out / "logs" / "validation")
-    assert [step for step, _ in validation["accuracy"]] == [50, 100, 150, 200, 204]   # and at the end
+    assert [step for step, _ in validation["accuracy"]] == [25, 50, 75, 100, 102]   # and at the end
 
 
 def test_early_stopping(tmp_path, small_prepared, tiny_model_dir):
@@ -135,11 +136,17 @@ def test_early_stopping(tmp_path, small_prepared, tiny_model_dir):
     assert [int(r["step"]) for r in csv_rows(tmp_path / "run" / "validation.csv")] == [2, 4, 6]
 
 
-def test_export_last(tmp_path, small_prepared, tiny_model_dir):
-    stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", export="last", max_steps=4))
-    assert stats["exported"] == "last" and stats["best"]["step"] == 4       # validated at the end all the same
-    trainer_json = json.loads((tmp_path / "run" / "export" / "trainer.json").read_text())
-    assert trainer_json["weights"] == "last" and trainer_json["global_step"] == 4
+def test_a_run_within_its_limits(tmp_path, small_prepared, tiny_model_dir):
+    """--max_train_examples=128 (4 steps per epoch), --max_steps=10 (in epoch 3), --max_length under the data's
+    (rows truncated) and --export=last, in one run."""
+    out = tmp_path / "run"
+    stats = train.run(train_config(small_prepared, tiny_model_dir, out, max_train_examples=128, epochs=3,
+                                   max_steps=10, max_length=16, export="last"))
+    assert stats["global_step"] == 10 and stats["examples_seen"] == 320 and stats["truncated_rows"] > 0
+    assert stats["exported"] == "last"
+    assert [int(r["step"]) for r in csv_rows(out / "validation.csv")] == [4, 8, 10]   # validated at the end too
+    trainer_json = json.loads((out / "export" / "trainer.json").read_text())
+    assert trainer_json["weights"] == "last" and trainer_json["global_step"] == 10
 
 
 @pytest.mark.slow
@@ -202,17 +209,6 @@ def test_xla_on_one_device(tmp_path, small_prepared, tiny_model_dir):
                                    gradient_accumulation_steps=2))
     assert stats["xla"] and stats["global_step"] >= 8 and stats["distinct_shapes"] == 1
     assert np.isfinite(window_losses(tmp_path / "run")).all()
-
-
-def test_max_steps_and_max_train_examples(tmp_path, small_prepared, tiny_model_dir):
-    stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", max_train_examples=128,
-                                   epochs=3, max_steps=10))
-    assert stats["global_step"] == 10 and stats["examples_seen"] == 320   # 4 steps/epoch, stopped in epoch 3
-
-
-def test_a_shorter_max_length_truncates_the_same_data(tmp_path, small_prepared, tiny_model_dir):
-    stats = train.run(train_config(small_prepared, tiny_model_dir, tmp_path / "run", max_length=16, max_steps=4))
-    assert stats["truncated_rows"] > 0 and stats["global_step"] == 4
 
 
 def test_finished_run_is_not_overwritten(one_device_run, small_prepared, tiny_model_dir):
