@@ -130,7 +130,7 @@ def test_utf8_bom_long_fields_and_cr_line_endings(tmp_path, tiny_model_dir):
                                       label_column="label", splits=(1.0, 0.0, 0.0)))
     assert manifest["rows_kept"] == 2 and manifest["dropped"] == {}
     s140 = tmp_path / "s140.csv"
-    write_sentiment140(s140, [(0, "bad"), (4, "good " * 20 + "x" * (17 << 20))])  # a 17 MB field
+    write_sentiment140(s140, [(0, "bad"), (4, "good " * 20 + "x" * (2 << 20))])  # 16x csv's field limit
     s140.write_bytes(b"\xef\xbb\xbf" + s140.read_bytes().replace(b"\r\n", b"\r"))   # BOM, CR-only lines
     manifest = prepare.prepare(config(s140, tmp_path / "b", tiny_model_dir, splits=(1.0, 0.0, 0.0), max_length=16))
     assert manifest["rows_kept"] == 2 and manifest["dropped"] == {} and manifest["token_length"]["max"] == 16
