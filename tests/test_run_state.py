@@ -60,6 +60,19 @@ def stop_at(step):
     return at_step(step, train.Loop.request_stop)
 
 
+class Restored(BaseException):
+    """Raised where training would begin: restore and the loop's setup have decided about every file."""
+
+
+def until_restored():
+    """The run stops where training would begin, raising Restored with the step it resumed from."""
+    def replacement(original):
+        def train_loop(run, loop):
+            raise Restored(loop.step)
+        return train_loop
+    return patched(train, "train_loop", replacement)
+
+
 def stopped(out, data, model, **overrides):
     with stop_at(STOP_AT):
         stats = train.run(config(data, model, out, **overrides))
@@ -127,22 +140,7 @@ OUTCOMES = {   # file -> (expected outcome, a word its line says); the best file
     "validation.csv": ("resume 12", ""),
 }
 HOWS = ("deleted", "truncated", "garbled", "replaced")
-
-
 FINISHED = "truncated"      # these run to the end; the other kinds of damage stop once the run has restored
-
-
-class Restored(BaseException):
-    """Raised where training would begin: restore and the loop's setup have decided about every file."""
-
-
-def until_restored():
-    """The run stops where training would begin, raising Restored with the step it resumed from."""
-    def replacement(original):
-        def train_loop(run, loop):
-            raise Restored(loop.step)
-        return train_loop
-    return patched(train, "train_loop", replacement)
 
 
 @pytest.mark.parametrize("how", HOWS)
@@ -188,8 +186,9 @@ def test_no_intact_checkpoint_is_refused_and_nothing_restarts_from_0(runs, tmp_p
         train.run(config(runs.data, runs.model, run_dir))
     assert_refused(refused.value, "holds no intact checkpoint", "ckpt-12 (", "ckpt-8 (", "--overwrite_output_dir")
     assert snapshot(run_dir) == before
-    stats = train.run(config(runs.data, runs.model, run_dir, overwrite_output_dir=True))   # unless told to
-    assert_finished(stats, 0)
+    with until_restored(), pytest.raises(Restored) as restored:       # unless told to
+        train.run(config(runs.data, runs.model, run_dir, overwrite_output_dir=True))
+    assert restored.value.args[0] == 0
 
 
 def infinite_moment_at(step):
@@ -392,10 +391,11 @@ def test_a_run_whose_checkpoints_were_removed_says_it_starts_at_0(runs, tmp_path
     shutil.copytree(runs.stopped, run_dir)
     shutil.rmtree(run_dir / "checkpoints")
     capsys.readouterr()
-    stats = train.run(config(runs.data, runs.model, run_dir))
+    with until_restored(), pytest.raises(Restored) as restored:
+        train.run(config(runs.data, runs.model, run_dir))
     out = capsys.readouterr().out
-    assert "has no checkpoint" in out and "starts at step 0" in out
-    assert_finished(stats, 0)
+    assert "has no checkpoint" in out and "starts at step 0" in out and restored.value.args[0] == 0
+    assert not (run_dir / "steps.csv").exists()                        # no row of the steps it will train again
 
 
 # ---- checkpoints and best weights that are not this run's; finishing; refusals that leave nothing ----------
@@ -494,7 +494,9 @@ def test_a_refused_run_leaves_an_existing_empty_directory_empty(runs, tmp_path):
     with pytest.raises(UsageError, match="no TPU found"):         # refused once TensorFlow set up the strategy
         train.run(config(runs.data, runs.model, run_dir, strategy="tpu", tpu="local"))
     assert list(run_dir.iterdir()) == []
-    assert_finished(train.run(config(runs.data, runs.model, run_dir)), 0)      # and the next run there starts
+    with until_restored(), pytest.raises(Restored) as restored:          # and the next run there starts
+        train.run(config(runs.data, runs.model, run_dir))
+    assert restored.value.args[0] == 0
 
 
 @pytest.mark.parametrize("name", ["checkpoints/ckpt-12.index", "run.json", "best/best.json", ".lock"])
