@@ -63,7 +63,7 @@ def test_two_replicas_of_two_micro_batches_clip_as_one_device(tmp_path, small_pr
     is the global one, taken after the all-reduce, so both clip every step alike."""
     runs = pair(tmp_path, small_prepared, no_dropout_model, dict(per_replica_batch_size=16),
                 dict(strategy="mirrored", per_replica_batch_size=4, gradient_accumulation_steps=2),
-                max_grad_norm=0.05, padding="bucket")
+                max_grad_norm=0.05, padding="max_length")
     assert runs["accumulated"][0]["replicas"] == 2
     assert runs["one"][0]["clipped_fraction"] == runs["accumulated"][0]["clipped_fraction"] == 1.0
     assert_same_steps(runs)
