@@ -391,11 +391,10 @@ def run_case(args, ws, prefix=()):
     return result.returncode, result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def forkserver():
-    """The fork server of this pytest-xdist worker (tests/commands.py), started at its first case."""
-    yield commands.start()
-    commands.stop()
+    """The fork server of this pytest-xdist worker (tests/commands.py), started at its first case; it ends with it."""
+    return commands.start()
 
 
 def fork_case(args, ws, server):
