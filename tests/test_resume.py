@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_cli, start_with_fault, wait_until_ready
-from trainer import hub, model as model_lib
+from trainer import hub, model as model_lib, rundir
 from trainer.data import stream as stream_lib
 
 
@@ -57,6 +57,8 @@ def test_kill_9_mid_epoch_then_rerun_resumes_exactly(tmp_path, small_prepared, n
     # the killed run's rows past step 80 were dropped, not repeated
     assert steps_in(out / "steps.csv") == list(range(16, 129, 16))
     assert steps_in(out / "validation.csv") == [32, 64, 96, 128]
+    # the killed run's checkpoints (64, 80) were rotated out like the rerun's own: only the newest two are left
+    assert rundir.checkpoint_numbers(str(out / "checkpoints")) == [128, 112]
 
     uninterrupted = run_cli("train", *train_args(small_prepared, no_dropout_model, tmp_path / "whole"))
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
@@ -79,6 +81,8 @@ def test_sigterm_saves_at_once_exits_0_and_resumes(tmp_path, small_prepared, no_
     assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-40")
     rerun = run_cli("train", *args)
     assert rerun.returncode == 0 and json.loads((out / "metrics.json").read_text())["resumed_from_step"] == 40
+    # the stopped run's older checkpoint (32) goes in its turn, as in an uninterrupted run
+    assert rundir.checkpoint_numbers(str(out / "checkpoints")) == [48, 40]
 
 
 @pytest.mark.slow

@@ -449,7 +449,11 @@ def set_aside(run_dir: "RunDir", directory: str, number: int) -> str:
 
 
 def point_to(directory: str, numbers: list[int]) -> None:
-    """Rewrite the `checkpoint` pointer file to list these checkpoints, the last one newest."""
+    """Rewrite the `checkpoint` pointer file to list these checkpoints, the last one newest. Each gets a save time
+    (its index file's): a CheckpointManager keeps a listed checkpoint without one forever, and deletes one with one
+    in its turn, so a resumed run keeps only the newest checkpoints, as an uninterrupted one does."""
     import tensorflow as tf
     paths = [os.path.join(directory, f"ckpt-{n}") for n in numbers]
-    tf.compat.v1.train.update_checkpoint_state(directory, paths[-1], all_model_checkpoint_paths=paths)
+    times = [os.stat(f"{path}.index").st_mtime for path in paths]
+    tf.compat.v1.train.update_checkpoint_state(directory, paths[-1], all_model_checkpoint_paths=paths,
+                                               all_model_checkpoint_timestamps=times, last_preserved_timestamp=0)
