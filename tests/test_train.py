@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from transformers import TFAutoModelForSequenceClassification, pipeline
 
 from conftest import MODEL_CONFIG, batches_of, fake_plan, run_cli, small_model, train_config
-from trainer import callbacks, hub, model, train
+from trainer import callbacks, flops, hub, model, storage, train
 from trainer.errors import UsageError
 
 
@@ -147,6 +147,27 @@ def test_a_run_within_its_limits(tmp_path, small_prepared, tiny_model_dir):
     assert [int(r["step"]) for r in csv_rows(out / "validation.csv")] == [4, 8, 10]   # validated at the end too
     trainer_json = json.loads((out / "export" / "trainer.json").read_text())
     assert trainer_json["weights"] == "last" and trainer_json["global_step"] == 10
+
+
+def test_a_run_is_the_same_whether_its_calibration_was_cached_or_measured(tmp_path, small_prepared, tiny_model_dir,
+                                                                         monkeypatch):
+    """With a cold cache, --mixed_precision=auto on a CPU with bf16 instructions first measures a bf16 train step
+    and the matrix-product rate (random inputs, new layers). The run seeds after that, so its dropout and new head
+    are those of a run that found both cached. (The step measures for real; its result is pinned below 1.1x, so
+    both runs train in float32 on any CPU.)"""
+    monkeypatch.setattr(storage, "CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(flops, "cpu_flags", lambda: {"avx2", "amx_bf16", "amx_tile"})
+    monkeypatch.setattr(flops, "load_per_core", lambda: 0.0)        # a quiet machine: nothing measured again
+    measure, measured_steps = flops.MEASURES["step speedup"], []
+    monkeypatch.setitem(flops.MEASURES, "step speedup", lambda precision: measured_steps.append(measure(precision))
+                        or 1.0)
+    config = lambda name: train_config(small_prepared, tiny_model_dir, tmp_path / name, max_steps=4,
+                                       mixed_precision="auto")
+    measured = train.run(config("measured"))
+    cached = train.run(config("cached"))
+    assert len(measured_steps) == 1 and "1.00x float32's" in measured["precision_reason"]
+    assert "cached" not in measured["peak_source"] and "calibrated: cached" in cached["peak_source"]
+    assert cached["weights_sha256"] == measured["weights_sha256"]
 
 
 @pytest.mark.slow

@@ -84,13 +84,14 @@ class Setup:
 
 
 def make_setup(config: TrainConfig, resolved_precision: str | None = None) -> Setup:
-    """Strategy, seeds and precision policy (--mixed_precision=auto: as the run resolved it, if it has)."""
+    """Strategy, precision policy and seeds (--mixed_precision=auto: as the run resolved it, if it has). Seeded
+    after the CPU measurements, which draw random numbers: a run is the same whether its cache was warm or not."""
     strategy = distribute.resolve_strategy(config.strategy, config.tpu, config.num_gpus)
-    tf_keras.utils.set_random_seed(config.seed)
     precision, reason = model_lib.choose_precision(config.mixed_precision, strategy, resolved_precision)
-    tf_keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
     device = flops.device_name(strategy)
     peak, source = flops.peak_flops(precision, device, config.peak_tflops)
+    tf_keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
+    tf_keras.utils.set_random_seed(config.seed)
     devices = 1 if device == "cpu" else strategy.num_replicas_in_sync      # logical CPU devices share the CPU
     logging.info("precision %s (%s); peak %.1f TFLOP/s (%s x %d)", precision, reason, peak * devices / 1e12, source,
                  devices)
