@@ -25,6 +25,14 @@ from trainer import runtime  # noqa: E402  (TF_USE_LEGACY_KERAS before TensorFlo
 tf = runtime.import_tensorflow()   # quietly, as the commands do (without it the xdist controller's stderr shows TF's)
 import tf_keras  # noqa: E402
 
+from trainer import flops  # noqa: E402
+
+# --mixed_precision=auto, the commands' default: on a CPU with bf16 instructions it measures a bf16 step, and under
+# the suite's load one run could pick float32 and the run it is compared with bf16. The cache holds float32's
+# speed (1.0x) for this CPU, so auto picks float32 on any CPU; the tests of auto pin their own CPU facts and cache.
+pathlib.Path(os.environ["TRAINER_CACHE"], flops.CACHE_FILE).write_text(json.dumps({flops.cache_key(
+    "step speedup", "bf16"): {"value": 1.0, "load_per_core": 0.0, "measured": "pinned by tests/conftest.py"}}))
+
 from trainer.data.stream import BatchPlan  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
