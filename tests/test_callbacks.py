@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import MODEL_CONFIG, batches_of, fake_plan, small_model
-from trainer import callbacks, flops, train
+from trainer import callbacks, flops, rundir, train
 
 
 def rows(path):
@@ -135,6 +135,25 @@ def test_the_checkpoints_a_recovery_may_resume_from(tmp_path):
     assert saver.kept == [(20, manager.directory), (30, manager.directory)]
     saver.rewind(20)
     assert saver.kept == [(20, manager.directory)] and saver.saved_step == 20
+
+
+def test_a_recovery_removes_the_checkpoints_of_the_steps_it_trains_again(tmp_path):
+    """Resumed from ckpt-10 (ckpt-20 diverged again), the run trains 11-20 anew: a kill before it saves ckpt-20
+    again must resume from ckpt-10, as the uninterrupted run goes on from it. The manager forgets them too."""
+    directory = tmp_path / "ckpt"
+    _, manager, saver = trained_saver(directory, max_to_keep=2)
+    saver.save(10)
+    saver.save(20)
+    saver.rewind(10)
+    assert rundir.checkpoint_numbers(str(directory)) == [10]
+    assert tf.train.latest_checkpoint(str(directory)).endswith("ckpt-10")
+    saver.save(20)
+    saver.save(30)                                   # the manager keeps 2: ckpt-10 goes in its turn
+    assert rundir.checkpoint_numbers(str(directory)) == [30, 20]
+    saver.rewind(0)                                  # back to the initial weights: no checkpoint is left
+    assert rundir.checkpoint_numbers(str(directory)) == [] and tf.train.latest_checkpoint(str(directory)) is None
+    saver.save(10)
+    assert tf.train.get_checkpoint_state(str(directory)).all_model_checkpoint_paths == [str(directory / "ckpt-10")]
 
 
 def test_recovery_passes_over_a_checkpoint_that_diverged_again_within_its_interval(tmp_path):

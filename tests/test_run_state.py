@@ -6,6 +6,7 @@
   a kill at each phase boundary -> the same command again ends in the state of an uninterrupted run;
   a change of any identity setting -> one line naming it; a change of a resumable setting -> resumes.
 """
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -221,6 +222,39 @@ def test_a_save_refuses_non_finite_optimizer_state(runs, tmp_path):
     assert "optimizer state are not all finite at step 8: rerun with --recovery_max_trials=1" in str(diverged.value)
     assert "to resume from ckpt-4 at x0.5 the learning rate" in str(diverged.value)
     assert rundir.checkpoint_numbers(str(tmp_path / "run" / "checkpoints")) == [4]
+
+
+def nan_weights_twice_at_10(kill_at_6, reached):
+    """The weights turn NaN after step 10 the first two times the run gets there (ckpt-8 diverges again within
+    its interval, so the second recovery passes it over for ckpt-4); with kill_at_6, the run is killed at step 6
+    after that."""
+    def replacement(original):
+        def after_step(self, step):
+            reached[step] += 1
+            if step == 10 and reached[10] <= 2:
+                weight = self.model.trainable_weights[0]
+                weight.assign(weight * float("nan"))
+            if kill_at_6 and step == 6 and reached[10] == 2:
+                raise Killed
+            original(self, step)
+        return after_step
+    return patched(train.Loop, "after_step", replacement)
+
+
+def test_a_kill_after_a_recovery_passed_over_a_checkpoint_resumes_where_the_run_went_on(runs, tmp_path):
+    """ckpt-8 holds steps the run trains again from ckpt-4: a kill before it saves them anew resumes from ckpt-4
+    (ckpt-8 is gone) and ends as the run that was not killed."""
+    with nan_weights_twice_at_10(False, collections.Counter()):
+        whole = train.run(config(runs.data, runs.model, tmp_path / "whole"))
+    assert [r["resumed_from"] for r in whole["recoveries"]] == [8, 4]
+    reached = collections.Counter()
+    with nan_weights_twice_at_10(True, reached), pytest.raises(Killed):
+        train.run(config(runs.data, runs.model, tmp_path / "run"))
+    assert rundir.checkpoint_numbers(str(tmp_path / "run" / "checkpoints")) == [4]
+    with nan_weights_twice_at_10(False, reached):
+        stats = train.run(config(runs.data, runs.model, tmp_path / "run"))
+    assert stats["resumed_from_step"] == 4 and stats["recoveries"] == whole["recoveries"]
+    assert stats["weights_sha256"] == whole["weights_sha256"]
 
 
 # ---- identity --------------------------------------------------------------------------------------------

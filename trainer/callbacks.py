@@ -240,9 +240,24 @@ class Checkpoints:
         return True
 
     def rewind(self, step: int) -> None:
-        """A recovery resumed from checkpoint `step` (0: the initial weights): later ones were never saved."""
+        """A recovery resumed from checkpoint `step` (0: the initial weights). Later ones hold steps it trains anew:
+        they go, and the manager forgets them, so that a kill before they are saved again resumes from `step`, as
+        the run itself goes on from it."""
         self.kept = [(n, directory) for n, directory in self.kept if n <= step]
         self.saved_step = step or None
+        directory = self.manager.directory
+        later = [n for n in rundir.checkpoint_numbers(directory) if n > step]
+        if not later:
+            return
+        for number in later:
+            rundir.remove_checkpoint(directory, number)
+        logging.info("removed %s: the recovery trains their steps again", ", ".join(f"ckpt-{n}" for n in later))
+        earlier = sorted(rundir.checkpoint_numbers(directory))
+        if earlier:
+            rundir.point_to(directory, earlier)
+        else:
+            os.remove(os.path.join(directory, "checkpoint"))
+        self.manager = tf.train.CheckpointManager(self.manager.checkpoint, directory, max_to_keep=self.keep)
 
 
 class Recovery:
