@@ -96,10 +96,10 @@ def runs(tmp_path_factory, small_prepared, no_dropout_model):
 
 
 def snapshot(root) -> dict:
-    """Every file's sha256 (a pipe or other special file: never opened)."""
+    """Every file's sha256, the lock's holder record included (a pipe or other special file: never opened)."""
     return {os.path.relpath(path, root): hashlib.sha256(open(path, "rb").read()).hexdigest()
             if os.path.isfile(path) else "special"
-            for d, _, names in os.walk(root) for n in names if n != rundir.LOCK for path in [os.path.join(d, n)]}
+            for d, _, names in os.walk(root) for n in names for path in [os.path.join(d, n)]}
 
 
 def best_file(run, suffix):

@@ -110,6 +110,8 @@ class RunDir:
         elif not self.remote:
             for name in added:
                 os.remove(os.path.join(self.url, name))
+            if LOCK in found:
+                self._lock.restore_previous_holder()
 
     def _download_state(self) -> None:
         fs, path = storage.filesystem(self.url)
@@ -169,7 +171,15 @@ class FileLock:
 
     def __init__(self, directory: str):
         os.makedirs(directory, exist_ok=True)
-        self.file = _locked(os.path.join(directory, LOCK), directory)
+        self.file, self.previous_holder = _locked(os.path.join(directory, LOCK), directory)
+
+    def restore_previous_holder(self) -> None:
+        """Put back the holder record the file had before this process took the lock (a refused run leaves the
+        directory as it found it)."""
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(self.previous_holder)
+        self.file.flush()
 
     def release(self) -> None:
         self.file.close()
@@ -270,7 +280,7 @@ class OutputLock:
             return                  # staged in the local temp directory: nothing beside a bucket output
         parent = os.path.dirname(os.path.abspath(target))
         os.makedirs(parent, exist_ok=True)           # as staging beside the output would
-        self.file = _locked(os.path.join(parent, f".{os.path.basename(target)[:80]}.lock"), target)
+        self.file, _ = _locked(os.path.join(parent, f".{os.path.basename(target)[:80]}.lock"), target)
         for stale in storage.remove_staging(None, beside=target):
             logging.info("removed %s, left by a process that was stopped while writing it", stale)
 
@@ -284,9 +294,9 @@ class OutputLock:
             self.file.close()
 
 
-def _locked(path: str, owner: str):
+def _locked(path: str, owner: str) -> tuple:
     """An open file holding an exclusive flock on `path` (the same inode the path names after locking, so a
-    holder that removes the file on release cannot let two processes in)."""
+    holder that removes the file on release cannot let two processes in), and the holder record it held."""
     if os.path.exists(path) and not os.path.isfile(path):
         raise storage.not_regular(path, "remove it")
     while True:
@@ -307,10 +317,12 @@ def _locked(path: str, owner: str):
             same = False
         if same:
             f.seek(0)
+            previous = f.read()
+            f.seek(0)
             f.truncate()
             f.write(json.dumps(_holder()) + "\n")
             f.flush()
-            return f
+            return f, previous
         f.close()
 
 
