@@ -245,18 +245,14 @@ class Checkpoints:
         the run itself goes on from it."""
         self.kept = [(n, directory) for n, directory in self.kept if n <= step]
         self.saved_step = step or None
-        directory = self.manager.directory
-        later = [n for n in rundir.checkpoint_numbers(directory) if n > step]
+        directory, numbers = self.manager.directory, rundir.checkpoint_numbers(self.manager.directory)
+        later = [n for n in numbers if n > step]
         if not later:
             return
         for number in later:
             rundir.remove_checkpoint(directory, number)
         logging.info("removed %s: the recovery trains their steps again", ", ".join(f"ckpt-{n}" for n in later))
-        earlier = sorted(rundir.checkpoint_numbers(directory))
-        if earlier:
-            rundir.point_to(directory, earlier)
-        else:
-            os.remove(os.path.join(directory, "checkpoint"))
+        rundir.point_to(directory, sorted(n for n in numbers if n <= step))
         self.manager = tf.train.CheckpointManager(self.manager.checkpoint, directory, max_to_keep=self.keep)
 
 

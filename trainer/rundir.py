@@ -22,6 +22,7 @@ import shutil
 import socket
 import threading
 import time
+import typing
 import uuid
 
 from absl import logging
@@ -294,7 +295,7 @@ class OutputLock:
             self.file.close()
 
 
-def _locked(path: str, owner: str) -> tuple:
+def _locked(path: str, owner: str) -> tuple[typing.TextIO, str]:
     """An open file holding an exclusive flock on `path` (the same inode the path names after locking, so a
     holder that removes the file on release cannot let two processes in), and the holder record it held."""
     if os.path.exists(path) and not os.path.isfile(path):
@@ -461,10 +462,14 @@ def set_aside(run_dir: "RunDir", directory: str, number: int) -> str:
 
 
 def point_to(directory: str, numbers: list[int]) -> None:
-    """Rewrite the `checkpoint` pointer file to list these checkpoints, the last one newest. Each gets a save time
-    (its index file's): a CheckpointManager keeps a listed checkpoint without one forever, and deletes one with one
-    in its turn, so a resumed run keeps only the newest checkpoints, as an uninterrupted one does."""
+    """Rewrite the `checkpoint` pointer file to list these checkpoints, the last one newest (none: remove it).
+    Each gets a save time (its index file's): a CheckpointManager keeps a listed checkpoint without one forever,
+    and deletes one with one in its turn, so a resumed run keeps only the newest checkpoints, as an uninterrupted
+    one does."""
     import tensorflow as tf
+    if not numbers:
+        os.remove(os.path.join(directory, "checkpoint"))
+        return
     paths = [os.path.join(directory, f"ckpt-{n}") for n in numbers]
     times = [os.stat(f"{path}.index").st_mtime for path in paths]
     tf.compat.v1.train.update_checkpoint_state(directory, paths[-1], all_model_checkpoint_paths=paths,
